@@ -1,0 +1,122 @@
+"""Journal events. Every state change is one of these, appended before it is acted on.
+
+Events are msgspec structs tagged by ``type`` so one decoder reads any row. ``at`` is
+the time the shell stamped on the event; ``apply`` uses it instead of a clock, which
+keeps replay deterministic.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from trafficcontrol.domain.model import (
+    AttemptId,
+    Outcome,
+    ProjectSpec,
+    StopReason,
+    TaskId,
+    TaskSpec,
+    Usage,
+)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+    at: float
+
+
+class BacklogSubmitted(Event, tag="backlog_submitted"):
+    """A validated submission: all of it applies, or none of it was journaled."""
+
+    source: str
+    projects: list[ProjectSpec]
+    tasks: list[TaskSpec]
+
+
+class AttemptDispatched(Event, tag="attempt_dispatched"):
+    """The task runs: its locks are taken and an agent slot is counted from here on."""
+
+    attempt_id: AttemptId
+    task_id: TaskId
+    attempt_no: int
+    backend: str
+    model: str | None
+    resources: tuple[str, ...]
+    deadline: float | None
+    log_path: str
+
+
+class WorkspacePrepared(Event, tag="workspace_prepared"):
+    attempt_id: AttemptId
+    path: str
+    branch: str | None = None
+    base_commit: str | None = None
+
+
+class AgentProcessStarted(Event, tag="agent_process_started"):
+    """Lets a restarted orchestrator find a process group that outlived it."""
+
+    attempt_id: AttemptId
+    pid: int
+    pgid: int
+    create_time: float
+
+
+class AgentSessionStarted(Event, tag="agent_session_started"):
+    attempt_id: AttemptId
+    session_id: str
+
+
+class AttemptStopRequested(Event, tag="attempt_stop_requested"):
+    attempt_id: AttemptId
+    reason: StopReason
+
+
+class AttemptFinished(Event, tag="attempt_finished"):
+    attempt_id: AttemptId
+    outcome: Outcome
+    exit_code: int | None = None
+    error: str | None = None
+    usage: Usage | None = None
+    session_id: str | None = None
+    simulated: bool = False
+
+
+class TaskCancelRequested(Event, tag="task_cancel_requested"):
+    task_id: TaskId
+    reason: str = "cancelled by user"
+
+
+class TaskRetryRequested(Event, tag="task_retry_requested"):
+    task_id: TaskId
+
+
+class TaskWoken(Event, tag="task_woken"):
+    """A waiting task's back-off is over."""
+
+    task_id: TaskId
+
+
+class OrchestratorStarted(Event, tag="orchestrator_started"):
+    instance: str
+    pid: int
+    previous_clean: bool
+
+
+class OrchestratorStopped(Event, tag="orchestrator_stopped"):
+    instance: str
+
+
+AnyEvent = (
+    BacklogSubmitted
+    | AttemptDispatched
+    | WorkspacePrepared
+    | AgentProcessStarted
+    | AgentSessionStarted
+    | AttemptStopRequested
+    | AttemptFinished
+    | TaskCancelRequested
+    | TaskRetryRequested
+    | TaskWoken
+    | OrchestratorStarted
+    | OrchestratorStopped
+)

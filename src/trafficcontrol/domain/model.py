@@ -1,0 +1,195 @@
+"""Domain values: ids, states, specs and usage.
+
+Timestamps are float seconds since the epoch and durations float seconds (named
+``*_s``): the hot path folds tens of thousands of events a second and msgspec
+encodes floats without conversion; the edges turn them into datetimes for people.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import NewType
+
+import msgspec
+
+TaskId = NewType("TaskId", str)
+ProjectId = NewType("ProjectId", str)
+AttemptId = NewType("AttemptId", str)
+
+SIMULATED_LABEL = "[simulated]"
+
+
+class Priority(StrEnum):
+    P0 = "P0"
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+
+    @property
+    def rank(self) -> int:
+        """0 is the most urgent."""
+        return int(self.value[1])
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    """Waiting for dependencies to be done."""
+    READY = "ready"
+    """Runnable; waits for a free agent slot, its locks and its limits."""
+    RUNNING = "running"
+    WAITING = "waiting"
+    """Backing off until ``retry_at`` after a failed attempt."""
+    BLOCKED = "blocked"
+    """Needs a human answer."""
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    """The orchestrator stopped (shutdown or crash); the task is re-queued, not failed."""
+
+
+class StopReason(StrEnum):
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens and cost of one attempt (or a sum of attempts)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: float | None = None
+    """None when the backend does not report cost (unknown is not zero)."""
+
+    def __add__(self, other: Usage) -> Usage:
+        cost: float | None
+        if self.cost_usd is None and other.cost_usd is None:
+            cost = None
+        else:
+            cost = (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_creation_tokens=self.cache_creation_tokens + other.cache_creation_tokens,
+            cost_usd=cost,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_creation_tokens
+        )
+
+
+class SimSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How a simulated agent behaves. Everything it produces is labelled simulated."""
+
+    duration_s: float = 2.0
+    """Mean duration of one attempt."""
+    jitter: float = 0.5
+    """Relative spread of the duration (0.5: between 50% and 150% of the mean)."""
+    failure_rate: float = 0.0
+    """Probability that an attempt fails."""
+    fail_attempts: int = 0
+    """The first N attempts of the task fail for sure (makes retries in demos predictable)."""
+    tokens_in: int = 4000
+    """Mean input tokens per attempt; output is a fifth of it, scaled per model."""
+    question: str | None = None
+    """A question the agent asks a human (shown, not yet routed)."""
+    seed: int = 0
+
+
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Backend settings of a project, overridable per task. Unset fields inherit."""
+
+    command: list[str] | None = None
+    """argv template for the ``command`` backend: {prompt} {prompt_file} {workdir} {task_id}
+    {attempt_id} {project} {title} {log_file}."""
+    env: dict[str, str] | None = None
+    """Extra environment for the agent process (never secrets: the journal records it)."""
+    permission_mode: str | None = None
+    """Claude Code permission mode: default | acceptEdits | plan | bypassPermissions."""
+    allowed_tools: list[str] | None = None
+    max_turns: int | None = None
+    system_prompt: str | None = None
+    sim: SimSettings | None = None
+
+    def over(self, base: AgentSettings | None) -> AgentSettings:
+        """These settings, with unset fields taken from ``base``."""
+        if base is None:
+            return self
+        fields = {f: getattr(self, f) for f in self.__struct_fields__}
+        for name, value in fields.items():
+            if value is None:
+                fields[name] = getattr(base, name)
+        return AgentSettings(**fields)
+
+
+class ProjectSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    id: ProjectId
+    path: str
+    """Absolute path of the project directory."""
+    is_git: bool = False
+    """A git work tree: each attempt gets its own worktree and branch."""
+    agent: str = "sim"
+    """Default backend of its tasks: claude | command | sim."""
+    model: str | None = None
+    max_concurrent: int | None = None
+    """At most this many agents at once on this project (None: only the global limit)."""
+    lock_in_place: bool = True
+    """For a project that is not a git repository: its tasks take an exclusive lock on it."""
+    timeout_s: float | None = None
+    max_attempts: int = 1
+    settings: AgentSettings = msgspec.field(default_factory=AgentSettings)
+
+
+class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    id: TaskId
+    project: ProjectId
+    title: str
+    prompt: str
+    priority: Priority = Priority.P2
+    score: float = 0.0
+    """Within one priority, higher scores go first."""
+    depends_on: tuple[TaskId, ...] = ()
+    resources: tuple[str, ...] = ()
+    """``name`` for an exclusive lock, ``name:shared`` for a shared one."""
+    agent: str | None = None
+    model: str | None = None
+    timeout_s: float | None = None
+    max_attempts: int | None = None
+    """Attempts before the task fails for good (None: the project's)."""
+    retry_backoff_s: float = 5.0
+    """Wait before attempt n+1 is ``retry_backoff_s * 2**(n-1)``."""
+    settings: AgentSettings | None = None
+
+
+SHARED_SUFFIX = ":shared"
+
+
+def lock_name(resource: str) -> tuple[str, bool]:
+    """Split a resource into (name, shared)."""
+    if resource.endswith(SHARED_SUFFIX):
+        return resource[: -len(SHARED_SUFFIX)], True
+    return resource, False

@@ -1,0 +1,367 @@
+"""The folded state and ``apply``.
+
+Design note. ``apply(state, event)`` is deterministic and does no I/O; for O(log n)
+cost per event it updates the state in place and returns it (a copy-on-write fold
+would cost O(tasks) per event). Indices kept incrementally:
+
+- ``ready``: a heap of (priority rank, -score, ready order, task id), with lazy
+  deletion: an entry is live only while its task is ready with that order number.
+  ``aging`` is the same set in FIFO order, so ``decide`` can promote a task that has
+  waited too long (starvation freedom) in O(1).
+- ``dependents``: task -> tasks that wait on it; ``unfinished_deps`` counts down.
+- ``waiting``: a heap of back-off deadlines; ``deadlines``: a heap of attempt timeouts.
+- ``locks``, ``running_by_project``, ``running_by_model``: what limits read.
+
+Invariants: a task is in exactly one state; a task is running iff it has exactly
+one live attempt; counts by state always sum to the number of tasks.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, deque
+
+import msgspec
+
+from trafficcontrol.domain.events import (
+    AgentProcessStarted,
+    AgentSessionStarted,
+    AnyEvent,
+    AttemptDispatched,
+    AttemptFinished,
+    AttemptStopRequested,
+    BacklogSubmitted,
+    OrchestratorStarted,
+    OrchestratorStopped,
+    TaskCancelRequested,
+    TaskRetryRequested,
+    TaskWoken,
+    WorkspacePrepared,
+)
+from trafficcontrol.domain.locks import LockTable
+from trafficcontrol.domain.model import (
+    AttemptId,
+    Outcome,
+    ProjectId,
+    ProjectSpec,
+    StopReason,
+    TaskId,
+    TaskSpec,
+    TaskState,
+    Usage,
+)
+
+
+class TaskRecord(msgspec.Struct, kw_only=True):
+    spec: TaskSpec
+    state: TaskState
+    unfinished_deps: int
+    attempts: list[AttemptId] = msgspec.field(default_factory=list)
+    failures: int = 0
+    """Failed attempts since the task was (re)submitted or retried by hand."""
+    retry_at: float | None = None
+    ready_order: int = -1
+    ready_since: float | None = None
+    submitted_at: float = 0.0
+    finished_at: float | None = None
+    cancel_requested: bool = False
+    last_error: str | None = None
+
+
+class AttemptRecord(msgspec.Struct, kw_only=True):
+    id: AttemptId
+    task_id: TaskId
+    no: int
+    backend: str
+    model: str | None
+    resources: tuple[str, ...]
+    started_at: float
+    deadline: float | None
+    log_path: str
+    ended_at: float | None = None
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    usage: Usage | None = None
+    session_id: str | None = None
+    workdir: str | None = None
+    branch: str | None = None
+    base_commit: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    create_time: float | None = None
+    stop_reason: StopReason | None = None
+    simulated: bool = False
+
+
+ReadyEntry = tuple[int, float, int, TaskId]
+
+
+class State:
+    """Everything the orchestrator knows, folded from the journal."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        """Sequence number of the last event applied."""
+        self.projects: dict[ProjectId, ProjectSpec] = {}
+        self.tasks: dict[TaskId, TaskRecord] = {}
+        self.attempts: dict[AttemptId, AttemptRecord] = {}
+        self.dependents: dict[TaskId, list[TaskId]] = {}
+        self.counts: Counter[TaskState] = Counter()
+        self.ready: list[ReadyEntry] = []
+        self.aging: deque[tuple[float, int, TaskId]] = deque()
+        self.waiting: list[tuple[float, TaskId]] = []
+        self.deadlines: list[tuple[float, AttemptId]] = []
+        self.running: dict[AttemptId, AttemptRecord] = {}
+        self.running_by_project: Counter[ProjectId] = Counter()
+        self.running_by_model: Counter[str] = Counter()
+        self.stops_wanted: set[AttemptId] = set()
+        """Running attempts of cancelled tasks whose stop is not yet journaled."""
+        self.locks = LockTable()
+        self.next_ready_order = 0
+        self.instance: str | None = None
+        self.running_orchestrator = False
+        """True between an OrchestratorStarted and its OrchestratorStopped."""
+
+    # -- queries ----------------------------------------------------------------
+    def live_attempt(self, task_id: TaskId) -> AttemptRecord | None:
+        record = self.tasks[task_id]
+        if record.state is TaskState.RUNNING and record.attempts:
+            return self.attempts[record.attempts[-1]]
+        return None
+
+    def is_ready_entry(self, order: int, task_id: TaskId) -> bool:
+        record = self.tasks.get(task_id)
+        return (
+            record is not None and record.state is TaskState.READY and record.ready_order == order
+        )
+
+    def unfinished(self) -> int:
+        return sum(n for s, n in self.counts.items() if not s.terminal)
+
+
+def model_key(model: str | None) -> str:
+    return model or "default"
+
+
+# -- transitions ----------------------------------------------------------------
+def _set_state(state: State, record: TaskRecord, new: TaskState) -> None:
+    state.counts[record.state] -= 1
+    state.counts[new] += 1
+    record.state = new
+
+
+def _make_ready(state: State, record: TaskRecord, at: float) -> None:
+    _set_state(state, record, TaskState.READY)
+    order = state.next_ready_order
+    state.next_ready_order += 1
+    record.ready_order = order
+    record.ready_since = at
+    spec = record.spec
+    heapq.heappush(state.ready, (spec.priority.rank, -spec.score, order, spec.id))
+    state.aging.append((at, order, spec.id))
+
+
+def _drop_stale_heads(state: State) -> None:
+    ready = state.ready
+    while ready and not state.is_ready_entry(ready[0][2], ready[0][3]):
+        heapq.heappop(ready)
+    aging = state.aging
+    while aging and not state.is_ready_entry(aging[0][1], aging[0][2]):
+        aging.popleft()
+
+
+def _apply_backlog(state: State, event: BacklogSubmitted) -> None:
+    for project in event.projects:
+        state.projects[project.id] = project
+    for spec in event.tasks:
+        if spec.id in state.tasks:
+            continue  # resubmission of an identical task (validated at the edge)
+        unfinished = 0
+        for dep in spec.depends_on:
+            state.dependents.setdefault(dep, []).append(spec.id)
+            if state.tasks[dep].state is not TaskState.DONE:
+                unfinished += 1
+        record = TaskRecord(
+            spec=spec, state=TaskState.PENDING, unfinished_deps=unfinished, submitted_at=event.at
+        )
+        state.tasks[spec.id] = record
+        state.counts[TaskState.PENDING] += 1
+        if unfinished == 0:
+            _make_ready(state, record, event.at)
+
+
+def _apply_dispatched(state: State, event: AttemptDispatched) -> None:
+    record = state.tasks[event.task_id]
+    attempt = AttemptRecord(
+        id=event.attempt_id,
+        task_id=event.task_id,
+        no=event.attempt_no,
+        backend=event.backend,
+        model=event.model,
+        resources=event.resources,
+        started_at=event.at,
+        deadline=event.deadline,
+        log_path=event.log_path,
+    )
+    state.attempts[attempt.id] = attempt
+    record.attempts.append(attempt.id)
+    _set_state(state, record, TaskState.RUNNING)
+    record.ready_order = -1
+    record.retry_at = None
+    state.running[attempt.id] = attempt
+    state.running_by_project[record.spec.project] += 1
+    state.running_by_model[model_key(attempt.model)] += 1
+    state.locks.acquire(attempt.id, attempt.resources)
+    if attempt.deadline is not None:
+        heapq.heappush(state.deadlines, (attempt.deadline, attempt.id))
+    _drop_stale_heads(state)
+
+
+def _finish_task(state: State, record: TaskRecord, new: TaskState, at: float) -> None:
+    _set_state(state, record, new)
+    record.finished_at = at
+    record.cancel_requested = False
+    if new is TaskState.DONE:
+        for dep_id in state.dependents.get(record.spec.id, ()):
+            dependent = state.tasks[dep_id]
+            dependent.unfinished_deps -= 1
+            if dependent.unfinished_deps == 0 and dependent.state is TaskState.PENDING:
+                _make_ready(state, dependent, at)
+
+
+def _apply_finished(state: State, event: AttemptFinished) -> None:
+    attempt = state.attempts[event.attempt_id]
+    if attempt.outcome is not None:
+        return  # a second report of the same end (validated at the edge; kept idempotent)
+    attempt.ended_at = event.at
+    attempt.outcome = event.outcome
+    attempt.exit_code = event.exit_code
+    attempt.error = event.error
+    attempt.usage = event.usage
+    attempt.simulated = event.simulated
+    if event.session_id is not None:
+        attempt.session_id = event.session_id
+    state.running.pop(attempt.id, None)
+    state.stops_wanted.discard(attempt.id)
+    record = state.tasks[attempt.task_id]
+    state.running_by_project[record.spec.project] -= 1
+    state.running_by_model[model_key(attempt.model)] -= 1
+    state.locks.release(attempt.id, attempt.resources)
+    deadlines = state.deadlines
+    while deadlines and deadlines[0][1] not in state.running:
+        heapq.heappop(deadlines)
+    if event.error:
+        record.last_error = event.error
+    outcome = event.outcome
+    if outcome is Outcome.SUCCEEDED:
+        _finish_task(state, record, TaskState.DONE, event.at)
+    elif outcome is Outcome.CANCELLED or record.cancel_requested:
+        _finish_task(state, record, TaskState.CANCELLED, event.at)
+    elif outcome is Outcome.INTERRUPTED:
+        _make_ready(state, record, event.at)
+    else:
+        record.failures += 1
+        limit = max_attempts(state, record.spec)
+        if record.failures >= limit:
+            _finish_task(state, record, TaskState.FAILED, event.at)
+        else:
+            _set_state(state, record, TaskState.WAITING)
+            delay = record.spec.retry_backoff_s * 2 ** (record.failures - 1)
+            record.retry_at = event.at + delay
+            heapq.heappush(state.waiting, (record.retry_at, record.spec.id))
+
+
+def max_attempts(state: State, spec: TaskSpec) -> int:
+    if spec.max_attempts is not None:
+        return spec.max_attempts
+    return state.projects[spec.project].max_attempts
+
+
+def _apply_cancel(state: State, event: TaskCancelRequested) -> None:
+    record = state.tasks[event.task_id]
+    if record.state.terminal:
+        return
+    if record.state is TaskState.RUNNING:
+        record.cancel_requested = True
+        record.last_error = event.reason
+        attempt = state.live_attempt(event.task_id)
+        if attempt is not None and attempt.stop_reason is None:
+            state.stops_wanted.add(attempt.id)
+        return
+    record.last_error = event.reason
+    _finish_task(state, record, TaskState.CANCELLED, event.at)
+    _drop_stale_heads(state)
+
+
+def _apply_retry(state: State, event: TaskRetryRequested) -> None:
+    record = state.tasks[event.task_id]
+    if record.state not in (TaskState.FAILED, TaskState.CANCELLED):
+        return
+    record.failures = 0
+    record.finished_at = None
+    record.last_error = None
+    if record.unfinished_deps == 0:
+        _make_ready(state, record, event.at)
+    else:
+        _set_state(state, record, TaskState.PENDING)
+
+
+def _apply_woken(state: State, event: TaskWoken) -> None:
+    record = state.tasks[event.task_id]
+    if record.state is TaskState.WAITING:
+        record.retry_at = None
+        _make_ready(state, record, event.at)
+    waiting = state.waiting
+    while waiting and state.tasks[waiting[0][1]].state is not TaskState.WAITING:
+        heapq.heappop(waiting)
+
+
+def _apply_stop(state: State, event: AttemptStopRequested) -> None:
+    attempt = state.attempts[event.attempt_id]
+    if attempt.outcome is None and attempt.stop_reason is None:
+        attempt.stop_reason = event.reason
+    state.stops_wanted.discard(attempt.id)
+
+
+def apply(state: State, event: AnyEvent) -> State:
+    """Fold one event into the state (in place) and return it."""
+    match event:
+        case AttemptDispatched():
+            _apply_dispatched(state, event)
+        case AttemptFinished():
+            _apply_finished(state, event)
+        case BacklogSubmitted():
+            _apply_backlog(state, event)
+        case AgentSessionStarted():
+            state.attempts[event.attempt_id].session_id = event.session_id
+        case AgentProcessStarted():
+            attempt = state.attempts[event.attempt_id]
+            attempt.pid, attempt.pgid = event.pid, event.pgid
+            attempt.create_time = event.create_time
+        case WorkspacePrepared():
+            attempt = state.attempts[event.attempt_id]
+            attempt.workdir, attempt.branch = event.path, event.branch
+            attempt.base_commit = event.base_commit
+        case AttemptStopRequested():
+            _apply_stop(state, event)
+        case TaskCancelRequested():
+            _apply_cancel(state, event)
+        case TaskRetryRequested():
+            _apply_retry(state, event)
+        case TaskWoken():
+            _apply_woken(state, event)
+        case OrchestratorStarted():
+            state.instance = event.instance
+            state.running_orchestrator = True
+        case OrchestratorStopped():
+            state.running_orchestrator = False
+    state.seq += 1
+    return state
+
+
+def fold(events: list[AnyEvent], state: State | None = None) -> State:
+    state = state if state is not None else State()
+    for event in events:
+        apply(state, event)
+    return state

@@ -1,0 +1,174 @@
+"""The ports: everything outside the core, as small Protocols.
+
+The runtime talks to the world only through these; ``bootstrap.py`` picks the
+concrete adapters, tests pass fakes from ``trafficcontrol.testing``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from trafficcontrol.domain.events import AnyEvent
+from trafficcontrol.domain.model import (
+    AgentSettings,
+    AttemptId,
+    Outcome,
+    ProjectId,
+    ProjectSpec,
+    TaskId,
+    Usage,
+)
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch (wall clock, stamped on events)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin, for measuring durations."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+# -- agents -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    """One attempt, fully resolved: the adapter needs nothing else."""
+
+    attempt_id: AttemptId
+    task_id: TaskId
+    project_id: ProjectId
+    attempt_no: int
+    title: str
+    prompt: str
+    workdir: Path
+    """Where the agent works: the attempt's git worktree, or the project directory."""
+    log_path: Path
+    """Per-attempt log file the adapter streams to (created by the adapter)."""
+    model: str | None
+    settings: AgentSettings
+    resume_session_id: str | None = None
+    """Continue this agent session instead of starting a new one (claude backend)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResult:
+    outcome: Outcome
+    """SUCCEEDED or FAILED; cancellation and timeout are the runtime's to record."""
+    exit_code: int | None = None
+    error: str | None = None
+    usage: Usage | None = None
+    session_id: str | None = None
+    simulated: bool = False
+
+
+class AttemptReporter(Protocol):
+    """How a running adapter tells the orchestrator what it learned. Never blocks."""
+
+    def process_started(self, pid: int, pgid: int, create_time: float) -> None: ...
+
+    def session_started(self, session_id: str) -> None: ...
+
+
+class AgentBackend(Protocol):
+    """One kind of agent (claude, command, sim)."""
+
+    name: str
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` when this backend cannot run here (missing CLI,
+        credentials, ...). Called at ``tc run`` start for every backend in use."""
+        ...
+
+    async def run(self, request: AgentRequest, reporter: AttemptReporter) -> AgentResult:
+        """Run the attempt to its end.
+
+        Cancellation is the asyncio kind: when the runtime cancels the task running
+        this coroutine (cancel, timeout, shutdown), the adapter stops its agent —
+        SIGTERM to the process group, a grace period, SIGKILL, reap — and re-raises
+        ``CancelledError``. Unknown agent output is logged and skipped, never fatal.
+        """
+        ...
+
+
+# -- workspaces ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    path: Path
+    branch: str | None = None
+    base_commit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceStatus:
+    path: Path
+    branch: str
+    project_id: ProjectId
+    exists: bool
+    dirty: bool
+    """Uncommitted changes in the worktree."""
+    merged: bool
+    """The branch has no commits beyond what the project's HEAD already contains."""
+
+
+class Workspaces(Protocol):
+    """Git worktrees for attempts. Blocking calls: the runtime runs them in a thread."""
+
+    def prepare(self, project: ProjectSpec, task_id: TaskId, attempt_no: int) -> Workspace:
+        """A fresh worktree on branch ``tc/<task>/<n>`` for a git project; the project
+        directory itself otherwise."""
+        ...
+
+    def inspect(self, project: ProjectSpec, path: Path, branch: str) -> WorkspaceStatus: ...
+
+    def remove(self, project: ProjectSpec, path: Path, branch: str) -> None:
+        """Remove the worktree and its branch. Callers decide whether that is safe."""
+        ...
+
+
+# -- journal ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A mutation asked for by another process while an orchestrator runs."""
+
+    id: int
+    kind: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestResult:
+    ok: bool
+    message: str
+    details: list[str] = field(default_factory=list)
+
+
+class Journal(Protocol):
+    """Append-only event log plus an inbox of requests. Blocking calls, one writer."""
+
+    def append(self, events: Sequence[AnyEvent], epoch: int = 0) -> int:
+        """Append in one transaction; returns the last sequence number. Durable on return."""
+        ...
+
+    def read(self, after: int = 0) -> Iterator[tuple[int, AnyEvent]]:
+        """Events with a sequence number greater than ``after``, in order."""
+        ...
+
+    def last_seq(self) -> int: ...
+
+    def post_request(self, kind: str, body: bytes) -> int: ...
+
+    def take_requests(self) -> list[Request]:
+        """Requests not yet taken, oldest first; each is returned once."""
+        ...
+
+    def finish_request(self, request_id: int, result: RequestResult) -> None: ...
+
+    def request_result(self, request_id: int) -> RequestResult | None: ...
+
+    def close(self) -> None: ...

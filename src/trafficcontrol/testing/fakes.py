@@ -1,0 +1,19 @@
+"""Small fakes of the ports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RecordingReporter:
+    """An ``AttemptReporter`` that remembers what it was told."""
+
+    processes: list[tuple[int, int, float]] = field(default_factory=list)
+    sessions: list[str] = field(default_factory=list)
+
+    def process_started(self, pid: int, pgid: int, create_time: float) -> None:
+        self.processes.append((pid, pgid, create_time))
+
+    def session_started(self, session_id: str) -> None:
+        self.sessions.append(session_id)
