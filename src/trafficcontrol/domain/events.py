@@ -24,7 +24,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_de
     at: float
 
 
-class BacklogSubmitted(Event, tag="backlog_submitted"):
+class BacklogSubmitted(Event, tag="backlog_submitted", frozen=True):
     """A validated submission: all of it applies, or none of it was journaled."""
 
     source: str
@@ -32,7 +32,7 @@ class BacklogSubmitted(Event, tag="backlog_submitted"):
     tasks: list[TaskSpec]
 
 
-class AttemptDispatched(Event, tag="attempt_dispatched"):
+class AttemptDispatched(Event, tag="attempt_dispatched", frozen=True):
     """The task runs: its locks are taken and an agent slot is counted from here on."""
 
     attempt_id: AttemptId
@@ -45,14 +45,14 @@ class AttemptDispatched(Event, tag="attempt_dispatched"):
     log_path: str
 
 
-class WorkspacePrepared(Event, tag="workspace_prepared"):
+class WorkspacePrepared(Event, tag="workspace_prepared", frozen=True):
     attempt_id: AttemptId
     path: str
     branch: str | None = None
     base_commit: str | None = None
 
 
-class AgentProcessStarted(Event, tag="agent_process_started"):
+class AgentProcessStarted(Event, tag="agent_process_started", frozen=True):
     """Lets a restarted orchestrator find a process group that outlived it."""
 
     attempt_id: AttemptId
@@ -61,17 +61,17 @@ class AgentProcessStarted(Event, tag="agent_process_started"):
     create_time: float
 
 
-class AgentSessionStarted(Event, tag="agent_session_started"):
+class AgentSessionStarted(Event, tag="agent_session_started", frozen=True):
     attempt_id: AttemptId
     session_id: str
 
 
-class AttemptStopRequested(Event, tag="attempt_stop_requested"):
+class AttemptStopRequested(Event, tag="attempt_stop_requested", frozen=True):
     attempt_id: AttemptId
     reason: StopReason
 
 
-class AttemptFinished(Event, tag="attempt_finished"):
+class AttemptFinished(Event, tag="attempt_finished", frozen=True):
     attempt_id: AttemptId
     outcome: Outcome
     exit_code: int | None = None
@@ -81,28 +81,28 @@ class AttemptFinished(Event, tag="attempt_finished"):
     simulated: bool = False
 
 
-class TaskCancelRequested(Event, tag="task_cancel_requested"):
+class TaskCancelRequested(Event, tag="task_cancel_requested", frozen=True):
     task_id: TaskId
     reason: str = "cancelled by user"
 
 
-class TaskRetryRequested(Event, tag="task_retry_requested"):
+class TaskRetryRequested(Event, tag="task_retry_requested", frozen=True):
     task_id: TaskId
 
 
-class TaskWoken(Event, tag="task_woken"):
+class TaskWoken(Event, tag="task_woken", frozen=True):
     """A waiting task's back-off is over."""
 
     task_id: TaskId
 
 
-class OrchestratorStarted(Event, tag="orchestrator_started"):
+class OrchestratorStarted(Event, tag="orchestrator_started", frozen=True):
     instance: str
     pid: int
     previous_clean: bool
 
 
-class OrchestratorStopped(Event, tag="orchestrator_stopped"):
+class OrchestratorStopped(Event, tag="orchestrator_stopped", frozen=True):
     instance: str
 
 

@@ -1,0 +1,81 @@
+"""A seeded simulated agent for the demo, tests and benchmarks.
+
+Everything it produces is labelled simulated: its log lines, its session ids
+(``sim-…``) and the ``simulated`` flag of its result, which the journal keeps.
+Each attempt draws from its own generator seeded by (seed, attempt id), so an
+attempt behaves the same whatever else runs beside it.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from pathlib import Path
+
+from trafficcontrol.domain.model import SIMULATED_LABEL, Outcome, SimSettings, Usage
+from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter, Clock
+
+# Simulated prices in USD per million tokens (input, output); labelled simulated.
+_PRICES = {"opus": (15.0, 75.0), "sonnet": (3.0, 15.0), "haiku": (0.8, 4.0)}
+# Bigger models write more per turn in the simulation.
+_OUTPUT_SHARE = {"opus": 0.3, "sonnet": 0.2, "haiku": 0.15}
+
+
+def model_family(model: str | None) -> str:
+    name = (model or "sonnet").lower()
+    for family in _PRICES:
+        if family in name:
+            return family
+    return "sonnet"
+
+
+class SimBackend:
+    name = "sim"
+
+    def __init__(self, *, clock: Clock, seed: int = 0, write_logs: bool = True) -> None:
+        self._clock = clock
+        self._seed = seed
+        self._write_logs = write_logs
+
+    def check(self) -> None:
+        """Simulated agents need nothing."""
+
+    async def run(self, request: AgentRequest, reporter: AttemptReporter) -> AgentResult:
+        sim = request.settings.sim or SimSettings()
+        key = f"{self._seed}:{sim.seed}:{request.attempt_id}".encode()
+        rng = random.Random(zlib.crc32(key))
+        session_id = f"sim-{rng.getrandbits(64):016x}"
+        reporter.session_started(session_id)
+        duration = max(0.0, sim.duration_s * rng.uniform(1 - sim.jitter, 1 + sim.jitter))
+        fails = request.attempt_no <= sim.fail_attempts or rng.random() < sim.failure_rate
+        family = model_family(request.model)
+        tokens_in = int(sim.tokens_in * rng.uniform(0.5, 1.5))
+        tokens_out = int(tokens_in * _OUTPUT_SHARE[family])
+        price_in, price_out = _PRICES[family]
+        usage = Usage(
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            cache_read_tokens=tokens_in * 2,
+            cost_usd=(tokens_in * price_in + tokens_out * price_out) / 1e6,
+        )
+        if self._write_logs:
+            self._log(request.log_path, f"start {request.title!r} model={family}")
+        if duration > 0:
+            await self._clock.sleep(duration)
+        outcome = Outcome.FAILED if fails else Outcome.SUCCEEDED
+        if self._write_logs:
+            self._log(request.log_path, f"end {outcome} after {duration:.2f}s")
+        return AgentResult(
+            outcome=outcome,
+            exit_code=1 if fails else 0,
+            error="simulated failure" if fails else None,
+            usage=usage,
+            session_id=session_id,
+            simulated=True,
+        )
+
+    @staticmethod
+    def _log(path: Path, line: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as log:
+            log.write(f"{SIMULATED_LABEL} {line}\n")

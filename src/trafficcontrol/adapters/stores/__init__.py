@@ -1,0 +1,1 @@
+"""Journal stores. ``open_journal(url)`` picks the implementation from the URL."""

@@ -1,0 +1,117 @@
+"""Requests from people and scripts (submit, cancel, retry), turned into events. Pure.
+
+The same functions serve ``tc submit`` writing straight to the journal and a running
+orchestrator taking the request from its inbox, so both refuse the same things
+with the same words.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from trafficcontrol.domain.backlog import validate_submission
+from trafficcontrol.domain.events import (
+    AnyEvent,
+    BacklogSubmitted,
+    TaskCancelRequested,
+    TaskRetryRequested,
+)
+from trafficcontrol.domain.model import ProjectSpec, TaskId, TaskSpec, TaskState
+from trafficcontrol.domain.state import State
+from trafficcontrol.errors import BacklogError, UnknownTaskError
+
+BACKENDS = frozenset({"claude", "command", "sim"})
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class SubmitRequest(msgspec.Struct, frozen=True, tag="submit"):
+    source: str
+    projects: list[ProjectSpec]
+    tasks: list[TaskSpec]
+
+
+class CancelRequest(msgspec.Struct, frozen=True, tag="cancel"):
+    task_id: TaskId
+    reason: str = "cancelled by user"
+
+
+class RetryRequest(msgspec.Struct, frozen=True, tag="retry"):
+    task_id: TaskId
+
+
+AnyRequest = SubmitRequest | CancelRequest | RetryRequest
+
+request_decoder = msgspec.json.Decoder(AnyRequest)
+
+
+def _check_ids_and_backends(projects: list[ProjectSpec], tasks: list[TaskSpec]) -> list[str]:
+    problems = []
+    for project in projects:
+        if not _ID.fullmatch(project.id):
+            problems.append(f"project id {project.id!r}: use letters, digits, '.', '_', '-'")
+        if project.agent not in BACKENDS:
+            problems.append(
+                f"project {project.id!r}: unknown agent {project.agent!r}"
+                f" (one of {', '.join(sorted(BACKENDS))})"
+            )
+    for task in tasks:
+        if not _ID.fullmatch(task.id):
+            problems.append(f"task id {task.id!r}: use letters, digits, '.', '_', '-'")
+        if task.agent is not None and task.agent not in BACKENDS:
+            problems.append(
+                f"task {task.id!r}: unknown agent {task.agent!r}"
+                f" (one of {', '.join(sorted(BACKENDS))})"
+            )
+    return problems
+
+
+def plan_submit(state: State, request: SubmitRequest, now: float) -> BacklogSubmitted | None:
+    """The event that applies the submission, None when it changes nothing.
+
+    Raises ``BacklogError`` listing every problem; then nothing may be applied.
+    """
+    problems = _check_ids_and_backends(request.projects, request.tasks)
+    found, new_projects, new_tasks = validate_submission(state, request.projects, request.tasks)
+    problems.extend(found)
+    if problems:
+        raise BacklogError(f"{request.source}: submission refused", problems)
+    if not new_projects and not new_tasks:
+        return None
+    return BacklogSubmitted(
+        at=now, source=request.source, projects=new_projects, tasks=new_tasks
+    )
+
+
+def _record(state: State, task_id: TaskId) -> TaskState:
+    record = state.tasks.get(task_id)
+    if record is None:
+        raise UnknownTaskError(f"no task {task_id!r}")
+    return record.state
+
+
+def plan_cancel(state: State, request: CancelRequest, now: float) -> TaskCancelRequested:
+    current = _record(state, request.task_id)
+    if current.terminal:
+        raise BacklogError(f"task {request.task_id!r} is already {current}")
+    return TaskCancelRequested(at=now, task_id=request.task_id, reason=request.reason)
+
+
+def plan_retry(state: State, request: RetryRequest, now: float) -> TaskRetryRequested:
+    current = _record(state, request.task_id)
+    if current not in (TaskState.FAILED, TaskState.CANCELLED):
+        raise BacklogError(
+            f"task {request.task_id!r} is {current}; only failed or cancelled tasks can be retried"
+        )
+    return TaskRetryRequested(at=now, task_id=request.task_id)
+
+
+def plan(state: State, request: AnyRequest, now: float) -> AnyEvent | None:
+    match request:
+        case SubmitRequest():
+            return plan_submit(state, request, now)
+        case CancelRequest():
+            return plan_cancel(state, request, now)
+        case RetryRequest():
+            return plan_retry(state, request, now)

@@ -1,0 +1,1 @@
+"""The async shell: main loop, agent pool, group commit."""

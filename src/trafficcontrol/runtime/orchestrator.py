@@ -1,0 +1,268 @@
+"""The orchestrator: the loop of DESIGN.md around the pure core.
+
+Design note. One asyncio task owns the state: it asks ``decide`` for commands,
+journals them as events, acts on them (start or stop agents), then waits for events
+from agents, timers and other processes, commits them as one batch (group commit)
+and folds them in. Agents run as named asyncio tasks in an ``AgentPool`` and talk to
+the loop only through the inbox. The journal is touched from one worker thread only,
+so the SQLite connection is never shared between threads at once.
+
+Shutdown (SIGINT/SIGTERM, or ``stop()``): every running attempt gets a journaled
+stop request, its agent is stopped (process group: SIGTERM, grace, SIGKILL) and its
+end is journaled as ``interrupted``, so the next start re-queues it. A crash skips
+all of that; the next start finds the attempts still running in the journal, kills
+any process group that outlived us (matched by pid and start time) and journals
+them as interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from trafficcontrol.domain.decide import (
+    Dispatch,
+    SchedulerConfig,
+    StopAttempt,
+    WakeTask,
+    decide,
+)
+from trafficcontrol.domain.events import (
+    AnyEvent,
+    AttemptDispatched,
+    AttemptFinished,
+    AttemptStopRequested,
+    OrchestratorStarted,
+    OrchestratorStopped,
+    TaskWoken,
+)
+from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskState
+from trafficcontrol.domain.requests import plan, request_decoder
+from trafficcontrol.domain.state import State, apply
+from trafficcontrol.errors import ConfigError, StoreError, TrafficControlError
+from trafficcontrol.ports import AgentBackend, Clock, Journal, RequestResult, Workspaces
+from trafficcontrol.runtime.pool import AgentPool
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LeftoverKiller = Callable[[int, int, float], bool]
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        backends: Mapping[str, AgentBackend],
+        workspaces: Workspaces,
+        clock: Clock,
+        scheduler: SchedulerConfig,
+        logs_dir: Path,
+        instance: str,
+        kill_leftover: LeftoverKiller,
+        request_poll_s: float = 0.2,
+        record_latency: bool = False,
+    ) -> None:
+        self._journal = journal
+        self._backends = backends
+        self._clock = clock
+        self.scheduler = scheduler
+        self.instance = instance
+        self._kill_leftover = kill_leftover
+        self._request_poll_s = request_poll_s
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self.state = State()
+        self.pool = AgentPool(
+            backends=backends,
+            workspaces=workspaces,
+            clock=clock,
+            logs_dir=logs_dir,
+            state=self.state,
+            record_latency=record_latency,
+        )
+        self._stopping = False
+        self._last_poll = float("-inf")
+
+    # -- lifecycle --------------------------------------------------------------------
+    def recover(self) -> State:
+        """Fold the whole journal into a fresh state."""
+        for _seq, event in self._journal.read():
+            apply(self.state, event)
+        return self.state
+
+    def check_backends(self) -> None:
+        """Fail before anything runs when a backend that queued work needs is unusable."""
+        needed: set[str] = set()
+        for record in self.state.tasks.values():
+            if not record.state.terminal:
+                project = self.state.projects[record.spec.project]
+                needed.add(record.spec.agent or project.agent or self.scheduler.default_backend)
+        for name in sorted(needed):
+            backend = self._backends.get(name)
+            if backend is None:
+                raise ConfigError(f"no agent backend named {name!r} is configured")
+            backend.check()
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown. Idempotent; safe from a signal handler."""
+        self._stopping = True
+        self.pool.inbox.poke()
+
+    async def run(self, *, until_idle: bool = True) -> None:
+        try:
+            await self._start()
+            while True:
+                await self._step()
+                if self._stopping or (until_idle and self._idle()):
+                    break
+                await self._wait()
+            await self._shutdown()
+        finally:
+            await self.pool.cancel_all()
+            self._io.shutdown(wait=True)
+
+    async def _start(self) -> None:
+        events: list[AnyEvent] = []
+        previous_clean = not self.state.running_orchestrator
+        for attempt in list(self.state.running.values()):
+            note = "the orchestrator stopped before the attempt ended"
+            if attempt.pid is not None and attempt.pgid is not None:
+                killed = await self._blocking(
+                    self._kill_leftover, attempt.pid, attempt.pgid, attempt.create_time or 0.0
+                )
+                if killed:
+                    note += "; its leftover process group was killed"
+            events.append(
+                AttemptFinished(
+                    at=self._clock.now(),
+                    attempt_id=attempt.id,
+                    outcome=Outcome.INTERRUPTED,
+                    error=note,
+                )
+            )
+        events.append(
+            OrchestratorStarted(
+                at=self._clock.now(),
+                instance=self.instance,
+                pid=os.getpid(),
+                previous_clean=previous_clean,
+            )
+        )
+        await self._commit(events)
+
+    # -- one turn of the loop ---------------------------------------------------------
+    async def _step(self) -> None:
+        await self._drain()
+        decision = decide(self.state, self._clock.now(), self.scheduler)
+        self._next_wakeup = decision.next_wakeup
+        if not decision.commands or self._stopping:
+            return
+        now = self._clock.now()
+        events: list[AnyEvent] = []
+        starts: list[AttemptDispatched] = []
+        stops: list[AttemptStopRequested] = []
+        for command in decision.commands:
+            match command:
+                case Dispatch():
+                    event = self.pool.dispatched_event(command, now)
+                    starts.append(event)
+                    events.append(event)
+                case StopAttempt():
+                    stop = AttemptStopRequested(
+                        at=now, attempt_id=command.attempt_id, reason=command.reason
+                    )
+                    stops.append(stop)
+                    events.append(stop)
+                case WakeTask():
+                    events.append(TaskWoken(at=now, task_id=command.task_id))
+        await self._commit(events)
+        for stop in stops:
+            self.pool.stop(stop.attempt_id, stop.reason)
+        for start in starts:
+            self.pool.start(start)
+
+    async def _drain(self) -> None:
+        """Commit what agents reported, and requests from other processes."""
+        events, waiters = self.pool.inbox.take()
+        await self._commit(events)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._clock.monotonic() - self._last_poll >= self._request_poll_s:
+            self._last_poll = self._clock.monotonic()
+            await self._serve_requests()
+
+    async def _serve_requests(self) -> None:
+        requests = await self._blocking(self._journal.take_requests)
+        for request in requests:
+            try:
+                decoded = request_decoder.decode(request.body)
+                event = plan(self.state, decoded, self._clock.now())
+                if event is not None:
+                    await self._commit([event])
+                result = RequestResult(ok=True, message="accepted" if event else "no change")
+            except TrafficControlError as exc:
+                problems = getattr(exc, "problems", [exc.message])
+                result = RequestResult(ok=False, message=exc.message, details=problems)
+            except ValueError as exc:  # msgspec.DecodeError: a malformed request row
+                result = RequestResult(ok=False, message=f"malformed request: {exc}")
+            await self._blocking(self._journal.finish_request, request.id, result)
+
+    def _idle(self) -> bool:
+        counts = self.state.counts
+        return (
+            not self.state.running
+            and not counts[TaskState.READY]
+            and not counts[TaskState.WAITING]
+            and not self.pool.inbox.pending()
+        )
+
+    async def _wait(self) -> None:
+        timeout = self._request_poll_s
+        if self._next_wakeup is not None:
+            timeout = min(timeout, max(0.0, self._next_wakeup - self._clock.now()))
+        await self.pool.inbox.wait(timeout)
+
+    async def _shutdown(self) -> None:
+        if self._stopping:
+            now = self._clock.now()
+            stops: list[AnyEvent] = [
+                AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.SHUTDOWN)
+                for aid, attempt in self.state.running.items()
+                if attempt.stop_reason is None
+            ]
+            await self._commit(stops)
+            for aid in list(self.state.running):
+                self.pool.stop(aid, StopReason.SHUTDOWN)
+            await self.pool.wait_all()
+        events, waiters = self.pool.inbox.take()
+        events.append(OrchestratorStopped(at=self._clock.now(), instance=self.instance))
+        await self._commit(events)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- journal ------------------------------------------------------------------------
+    async def _commit(self, events: list[AnyEvent]) -> None:
+        if not events:
+            return
+        last = await self._blocking(self._journal.append, events)
+        for event in events:
+            apply(self.state, event)
+        if last != self.state.seq:
+            raise StoreError(
+                f"journal sequence {last} does not match the state's {self.state.seq}:"
+                " another process wrote to the journal while this orchestrator ran"
+            )
+
+    async def _blocking(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def running_attempts(self) -> list[AttemptId]:
+        return list(self.state.running)

@@ -1,0 +1,208 @@
+"""The agent pool: one named asyncio task per running attempt.
+
+Design note. The pool owns every agent task and nothing else does; an agent task
+never touches the state or the journal, it reports through the inbox. Stopping an
+attempt is asyncio cancellation of its task, with the reason remembered here so the
+attempt's end is journaled as cancelled, timed out or interrupted; the adapter turns
+the cancellation into SIGTERM → grace → SIGKILL of its process group. Whatever
+happens inside an adapter, exactly one ``AttemptFinished`` leaves each task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from trafficcontrol.domain.decide import Dispatch
+from trafficcontrol.domain.events import (
+    AgentProcessStarted,
+    AgentSessionStarted,
+    AttemptDispatched,
+    AttemptFinished,
+    WorkspacePrepared,
+)
+from trafficcontrol.domain.model import AgentSettings, AttemptId, Outcome, StopReason
+from trafficcontrol.domain.state import State
+from trafficcontrol.errors import TrafficControlError
+from trafficcontrol.ports import AgentBackend, AgentRequest, Clock, Workspace, Workspaces
+from trafficcontrol.runtime.inbox import Inbox
+
+log = logging.getLogger(__name__)
+
+_STOPPED_OUTCOME = {
+    StopReason.CANCELLED: Outcome.CANCELLED,
+    StopReason.TIMEOUT: Outcome.TIMED_OUT,
+    StopReason.SHUTDOWN: Outcome.INTERRUPTED,
+}
+
+
+class _Reporter:
+    __slots__ = ("_attempt_id", "_clock", "_inbox")
+
+    def __init__(self, inbox: Inbox, clock: Clock, attempt_id: AttemptId) -> None:
+        self._inbox = inbox
+        self._clock = clock
+        self._attempt_id = attempt_id
+
+    def process_started(self, pid: int, pgid: int, create_time: float) -> None:
+        self._inbox.put(
+            AgentProcessStarted(
+                at=self._clock.now(),
+                attempt_id=self._attempt_id,
+                pid=pid,
+                pgid=pgid,
+                create_time=create_time,
+            )
+        )
+
+    def session_started(self, session_id: str) -> None:
+        self._inbox.put(
+            AgentSessionStarted(
+                at=self._clock.now(), attempt_id=self._attempt_id, session_id=session_id
+            )
+        )
+
+
+class AgentPool:
+    def __init__(
+        self,
+        *,
+        backends: Mapping[str, AgentBackend],
+        workspaces: Workspaces,
+        clock: Clock,
+        logs_dir: Path,
+        state: State,
+        record_latency: bool = False,
+    ) -> None:
+        self.inbox = Inbox()
+        self._backends = backends
+        self._workspaces = workspaces
+        self._clock = clock
+        self._logs_dir = logs_dir
+        self._state = state
+        self._tasks: dict[AttemptId, asyncio.Task[None]] = {}
+        self._stop_reasons: dict[AttemptId, StopReason] = {}
+        self.latencies: list[float] | None = [] if record_latency else None
+        """Seconds from "task ready" to "agent started", when recording."""
+
+    def dispatched_event(self, command: Dispatch, now: float) -> AttemptDispatched:
+        suffix = ".jsonl" if command.backend == "claude" else ".log"
+        log_path = self._logs_dir / command.task_id / f"{command.attempt_no}{suffix}"
+        return AttemptDispatched(
+            at=now,
+            attempt_id=command.attempt_id,
+            task_id=command.task_id,
+            attempt_no=command.attempt_no,
+            backend=command.backend,
+            model=command.model,
+            resources=command.resources,
+            deadline=command.deadline,
+            log_path=str(log_path),
+        )
+
+    def start(self, event: AttemptDispatched) -> None:
+        ready_since = self._state.tasks[event.task_id].ready_since
+        task = asyncio.create_task(self._run(event, ready_since), name=f"agent:{event.attempt_id}")
+        self._tasks[event.attempt_id] = task
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        attempt_id = AttemptId(task.get_name().removeprefix("agent:"))
+        self._tasks.pop(attempt_id, None)
+        self._stop_reasons.pop(attempt_id, None)
+
+    def stop(self, attempt_id: AttemptId, reason: StopReason) -> None:
+        task = self._tasks.get(attempt_id)
+        if task is not None and attempt_id not in self._stop_reasons:
+            self._stop_reasons[attempt_id] = reason
+            task.cancel()
+
+    def running(self) -> int:
+        return len(self._tasks)
+
+    async def wait_all(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def cancel_all(self) -> None:
+        for attempt_id in list(self._tasks):
+            self.stop(attempt_id, StopReason.SHUTDOWN)
+        await self.wait_all()
+
+    # -- one attempt ----------------------------------------------------------------
+    async def _run(self, event: AttemptDispatched, ready_since: float | None) -> None:
+        attempt_id = event.attempt_id
+        try:
+            result_event = await self._attempt(event, ready_since)
+        except asyncio.CancelledError:
+            reason = self._stop_reasons.get(attempt_id, StopReason.SHUTDOWN)
+            outcome = _STOPPED_OUTCOME[reason]
+            error = {
+                Outcome.TIMED_OUT: f"timed out (deadline {event.deadline})",
+                Outcome.CANCELLED: "cancelled",
+                Outcome.INTERRUPTED: "interrupted by orchestrator shutdown",
+            }[outcome]
+            result_event = AttemptFinished(
+                at=self._clock.now(), attempt_id=attempt_id, outcome=outcome, error=error
+            )
+        except TrafficControlError as exc:
+            result_event = AttemptFinished(
+                at=self._clock.now(), attempt_id=attempt_id, outcome=Outcome.FAILED,
+                error=exc.message,
+            )
+        except Exception as exc:  # an adapter bug must end the attempt, not the orchestrator
+            log.exception("agent_adapter_crashed attempt=%s", attempt_id)
+            result_event = AttemptFinished(
+                at=self._clock.now(), attempt_id=attempt_id, outcome=Outcome.FAILED,
+                error=f"agent adapter crashed: {exc!r}",
+            )
+        self.inbox.put(result_event)
+
+    async def _attempt(self, event: AttemptDispatched, ready_since: float | None) -> AttemptFinished:
+        state = self._state
+        spec = state.tasks[event.task_id].spec
+        project = state.projects[spec.project]
+        if project.is_git:
+            workspace = await asyncio.to_thread(
+                self._workspaces.prepare, project, spec.id, event.attempt_no
+            )
+        else:
+            workspace = Workspace(path=Path(project.path))
+        self.inbox.put(
+            WorkspacePrepared(
+                at=self._clock.now(),
+                attempt_id=event.attempt_id,
+                path=str(workspace.path),
+                branch=workspace.branch,
+                base_commit=workspace.base_commit,
+            )
+        )
+        settings = (spec.settings or AgentSettings()).over(project.settings)
+        request = AgentRequest(
+            attempt_id=event.attempt_id,
+            task_id=spec.id,
+            project_id=project.id,
+            attempt_no=event.attempt_no,
+            title=spec.title,
+            prompt=spec.prompt,
+            workdir=workspace.path,
+            log_path=Path(event.log_path),
+            model=event.model,
+            settings=settings,
+        )
+        backend = self._backends[event.backend]
+        if self.latencies is not None and ready_since is not None:
+            self.latencies.append(self._clock.now() - ready_since)
+        result = await backend.run(request, _Reporter(self.inbox, self._clock, event.attempt_id))
+        return AttemptFinished(
+            at=self._clock.now(),
+            attempt_id=event.attempt_id,
+            outcome=result.outcome,
+            exit_code=result.exit_code,
+            error=result.error,
+            usage=result.usage,
+            session_id=result.session_id,
+            simulated=result.simulated,
+        )
