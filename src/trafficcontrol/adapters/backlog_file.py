@@ -1,0 +1,220 @@
+"""Reading a backlog TOML file into a submission, with errors that name file and place.
+
+The file format (paths relative to the file)::
+
+    [[projects]]
+    id = "api"
+    path = "../api"
+    agent = "claude"
+
+    [[tasks]]
+    id = "auth-refactor"
+    project = "api"
+    title = "Refactor the auth middleware"
+    prompt = "Split token parsing out of middleware.py and add tests."
+    priority = "P1"
+    depends_on = ["db-migration"]
+    resources = ["repo:api"]
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from trafficcontrol.domain.model import (
+    AgentSettings,
+    Priority,
+    ProjectId,
+    ProjectSpec,
+    SimSettings,
+    TaskId,
+    TaskSpec,
+)
+from trafficcontrol.domain.requests import SubmitRequest
+from trafficcontrol.errors import BacklogError
+
+_AGENT_FIELDS = ("command", "env", "permission_mode", "allowed_tools", "max_turns", "system_prompt")
+
+
+class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class SimEntry(_Strict, frozen=True, kw_only=True):
+    duration: float = 2.0
+    jitter: float = 0.5
+    failure_rate: float = 0.0
+    fail_attempts: int = 0
+    tokens_in: int = 4000
+    question: str | None = None
+    seed: int = 0
+
+
+class _AgentEntry(_Strict, frozen=True, kw_only=True):
+    command: list[str] | None = None
+    env: dict[str, str] | None = None
+    permission_mode: str | None = None
+    allowed_tools: list[str] | None = None
+    max_turns: int | None = None
+    system_prompt: str | None = None
+    sim: SimEntry | None = None
+
+
+class ProjectEntry(_AgentEntry, frozen=True, kw_only=True):
+    id: str
+    path: str
+    agent: str = "sim"
+    model: str | None = None
+    max_concurrent: int | None = None
+    lock_in_place: bool = True
+    timeout: float | None = None
+    max_attempts: int = 1
+
+
+class TaskEntry(_AgentEntry, frozen=True, kw_only=True):
+    id: str
+    project: str
+    prompt: str
+    title: str | None = None
+    priority: Priority = Priority.P2
+    score: float = 0.0
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    resources: list[str] = msgspec.field(default_factory=list)
+    agent: str | None = None
+    model: str | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+    retry_backoff: float = 5.0
+
+
+class BacklogFile(_Strict, frozen=True, kw_only=True):
+    projects: list[ProjectEntry] = msgspec.field(default_factory=list)
+    tasks: list[TaskEntry] = msgspec.field(default_factory=list)
+
+
+def _settings(entry: _AgentEntry) -> AgentSettings | None:
+    values: dict[str, Any] = {name: getattr(entry, name) for name in _AGENT_FIELDS}
+    if entry.sim is not None:
+        sim = entry.sim
+        values["sim"] = SimSettings(
+            duration_s=sim.duration,
+            jitter=sim.jitter,
+            failure_rate=sim.failure_rate,
+            fail_attempts=sim.fail_attempts,
+            tokens_in=sim.tokens_in,
+            question=sim.question,
+            seed=sim.seed,
+        )
+    if all(v is None for v in values.values()):
+        return None
+    return AgentSettings(**values)
+
+
+def is_git_worktree_root(path: Path) -> bool:
+    """True when ``path`` is the top of a git work tree."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        return False
+    return done.returncode == 0 and Path(done.stdout.strip()).resolve() == path.resolve()
+
+
+_POSITION = re.compile(r"\s*\(at line (\d+), column \d+\)")
+_WHERE = re.compile(r"\$\.(projects|tasks)\[(\d+)\]")
+
+
+def _explain(exc: msgspec.ValidationError, data: dict[str, Any]) -> str:
+    """msgspec's message with ``$.tasks[3]`` turned into the task's id."""
+    message = str(exc)
+
+    def name(match: re.Match[str]) -> str:
+        kind, index = match.group(1), int(match.group(2))
+        entries = data.get(kind)
+        entry_id = None
+        if isinstance(entries, list) and index < len(entries) and isinstance(entries[index], dict):
+            entry_id = entries[index].get("id")
+        label = f"{kind}[{index}]"
+        return f"{label} (id {entry_id!r})" if entry_id is not None else label
+
+    return _WHERE.sub(name, message)
+
+
+def read_backlog(path: Path) -> SubmitRequest:
+    """Parse and check a backlog file. Raises ``BacklogError``; reads nothing else."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BacklogError(f"{source}: cannot read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11's TOMLDecodeError carries the position only in its text.
+        found = _POSITION.search(str(exc))
+        where = f"{source}:{found.group(1)}" if found else source
+        reason = _POSITION.sub("", str(exc)).strip()
+        raise BacklogError(f"{where}: TOML syntax error: {reason}") from exc
+    try:
+        parsed = msgspec.convert(data, BacklogFile)
+    except msgspec.ValidationError as exc:
+        raise BacklogError(f"{source}: {_explain(exc, data)}") from exc
+    return to_request(parsed, base=path.parent, source=source)
+
+
+def to_request(parsed: BacklogFile, *, base: Path, source: str) -> SubmitRequest:
+    problems: list[str] = []
+    projects = []
+    for entry in parsed.projects:
+        project_path = (base / entry.path).resolve()
+        if not project_path.is_dir():
+            problems.append(
+                f"project {entry.id!r}: path {entry.path!r} is not a directory ({project_path})"
+            )
+            continue
+        projects.append(
+            ProjectSpec(
+                id=ProjectId(entry.id),
+                path=str(project_path),
+                is_git=is_git_worktree_root(project_path),
+                agent=entry.agent,
+                model=entry.model,
+                max_concurrent=entry.max_concurrent,
+                lock_in_place=entry.lock_in_place,
+                timeout_s=entry.timeout,
+                max_attempts=entry.max_attempts,
+                settings=_settings(entry) or AgentSettings(),
+            )
+        )
+    if problems:
+        raise BacklogError(f"{source}: submission refused", problems)
+    tasks = [
+        TaskSpec(
+            id=TaskId(entry.id),
+            project=ProjectId(entry.project),
+            title=entry.title or entry.id,
+            prompt=entry.prompt,
+            priority=entry.priority,
+            score=entry.score,
+            depends_on=tuple(TaskId(d) for d in entry.depends_on),
+            resources=tuple(entry.resources),
+            agent=entry.agent,
+            model=entry.model,
+            timeout_s=entry.timeout,
+            max_attempts=entry.max_attempts,
+            retry_backoff_s=entry.retry_backoff,
+            settings=_settings(entry),
+        )
+        for entry in parsed.tasks
+    ]
+    return SubmitRequest(source=source, projects=projects, tasks=tasks)

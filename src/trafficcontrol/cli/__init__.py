@@ -1,0 +1,1 @@
+"""The ``tc`` command line (Typer + Rich)."""

@@ -1,0 +1,393 @@
+"""``tc``: submit a backlog, run it through agents, and watch it.
+
+Every command takes ``--home`` (or ``TC_HOME``); state lives in ``./.trafficcontrol``
+by default. Commands that only read work while ``tc run`` runs in another process;
+commands that change state go through the running orchestrator when there is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from trafficcontrol import __version__
+from trafficcontrol.adapters.backlog_file import read_backlog
+from trafficcontrol.bootstrap import App, Home
+from trafficcontrol.cli import views
+from trafficcontrol.domain.model import (
+    Priority,
+    ProjectId,
+    TaskId,
+    TaskSpec,
+    TaskState,
+)
+from trafficcontrol.domain.requests import AnyRequest, CancelRequest, RetryRequest, SubmitRequest
+from trafficcontrol.domain.state import State
+from trafficcontrol.errors import TrafficControlError
+from trafficcontrol.ports import RequestResult
+from trafficcontrol.runtime.orchestrator import Orchestrator
+
+app = typer.Typer(
+    help="TrafficControl: run a backlog of coding tasks through AI agents, in parallel, durably.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+workspaces_app = typer.Typer(help="Git worktrees of attempts.", invoke_without_command=True)
+app.add_typer(workspaces_app, name="workspaces")
+
+out = Console()
+err = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="TC_HOME", help="State directory [default: ./.trafficcontrol]"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def fail(message: str, details: list[str] | None = None, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    for line in details or []:
+        if line != message:
+            err.print(f"  - {line}", highlight=False)
+    raise typer.Exit(code)
+
+
+def make_app(home: Path | None) -> App:
+    root = (home or Path.cwd() / ".trafficcontrol").resolve()
+    try:
+        return App(Home(root), environ=os.environ)
+    except TrafficControlError as exc:
+        fail(exc.message)
+
+
+def existing_state(app_: App) -> State:
+    if not app_.home.exists():
+        fail(f"no state in {app_.home.root}: submit a backlog first (tc submit FILE.toml)")
+    return app_.read_state()
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def report(result: RequestResult, *, as_json: bool, what: str) -> None:
+    if as_json:
+        emit_json({"ok": result.ok, "message": result.message, "details": result.details})
+        if not result.ok:
+            raise typer.Exit(1)
+        return
+    if not result.ok:
+        fail(result.message, result.details)
+    out.print(f"{what}: {result.message}")
+
+
+def send(app_: App, request: AnyRequest) -> RequestResult:
+    try:
+        return app_.request(request)
+    except TrafficControlError as exc:
+        fail(exc.message)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        out.print(f"tc {__version__}")
+        raise typer.Exit()
+
+
+# -- submitting -----------------------------------------------------------------------
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Backlog TOML file.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit a backlog file: all of it, or nothing when anything is wrong."""
+    try:
+        request = read_backlog(file)
+    except TrafficControlError as exc:
+        if as_json:
+            emit_json({"ok": False, "message": exc.message, "details": getattr(exc, "problems", [])})
+            raise typer.Exit(1) from exc
+        fail(exc.message, getattr(exc, "problems", None))
+    app_ = make_app(home)
+    result = send(app_, request)
+    report(result, as_json=as_json, what=f"{file} ({len(request.tasks)} tasks)")
+
+
+@app.command()
+def add(
+    task_id: Annotated[str, typer.Argument(help="Id of the new task.")],
+    project: Annotated[str, typer.Option(help="Project id (already submitted).")],
+    prompt: Annotated[str, typer.Option(help="What the agent should do.")],
+    title: Annotated[str | None, typer.Option(help="Short title [default: the id].")] = None,
+    priority: Annotated[Priority, typer.Option(help="P0 (most urgent) .. P3.")] = Priority.P2,
+    depends_on: Annotated[list[str] | None, typer.Option("--depends-on")] = None,
+    resource: Annotated[list[str] | None, typer.Option("--resource")] = None,
+    agent: Annotated[str | None, typer.Option(help="claude | command | sim")] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
+    max_attempts: Annotated[int | None, typer.Option()] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add one task to a submitted project."""
+    spec = TaskSpec(
+        id=TaskId(task_id),
+        project=ProjectId(project),
+        title=title or task_id,
+        prompt=prompt,
+        priority=priority,
+        depends_on=tuple(TaskId(d) for d in depends_on or ()),
+        resources=tuple(resource or ()),
+        agent=agent,
+        model=model,
+        timeout_s=timeout,
+        max_attempts=max_attempts,
+    )
+    app_ = make_app(home)
+    result = send(app_, SubmitRequest(source="tc add", projects=[], tasks=[spec]))
+    report(result, as_json=as_json, what=f"task {task_id}")
+
+
+@app.command()
+def cancel(task_id: str, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Cancel a task; a running attempt is stopped (its process group killed)."""
+    result = send(make_app(home), CancelRequest(task_id=TaskId(task_id)))
+    report(result, as_json=as_json, what=f"cancel {task_id}")
+
+
+@app.command()
+def retry(task_id: str, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Queue a failed or cancelled task again, with a fresh attempt budget."""
+    result = send(make_app(home), RetryRequest(task_id=TaskId(task_id)))
+    report(result, as_json=as_json, what=f"retry {task_id}")
+
+
+# -- running --------------------------------------------------------------------------
+@app.command()
+def run(
+    home: HomeOption = None,
+    max_agents: Annotated[int | None, typer.Option(help="Agents at once.")] = None,
+    forever: Annotated[
+        bool, typer.Option(help="Keep running when the backlog is empty, waiting for new work.")
+    ] = False,
+    live: Annotated[
+        bool | None, typer.Option("--live/--no-live", help="Live view [default: on a terminal].")
+    ] = None,
+) -> None:
+    """Run the backlog in the foreground until it is finished (or Ctrl-C)."""
+    app_ = make_app(home)
+    code = run_app(app_, max_agents=max_agents, forever=forever, live=live)
+    raise typer.Exit(code)
+
+
+def run_app(app_: App, *, max_agents: int | None, forever: bool, live: bool | None) -> int:
+    if max_agents is not None:
+        if max_agents < 1:
+            fail("--max-agents must be at least 1")
+        import msgspec
+
+        app_.settings = msgspec.structs.replace(
+            app_.settings, run=msgspec.structs.replace(app_.settings.run, max_agents=max_agents)
+        )
+    lock = app_.run_lock()
+    if not lock.try_acquire():
+        fail(f"another tc run is already working on {app_.home.root}")
+    try:
+        orchestrator = app_.orchestrator()
+        try:
+            orchestrator.recover()
+            orchestrator.check_backends()
+        except TrafficControlError as exc:
+            fail(exc.message, code=2)
+        show_live = out.is_terminal if live is None else live
+        try:
+            asyncio.run(_run(orchestrator, forever=forever, show_live=show_live))
+        except TrafficControlError as exc:
+            fail(exc.message)
+        state = orchestrator.state
+        out.print(views.counts_text(state))
+        if any(a.simulated for a in state.attempts.values()):
+            out.print("[yellow]Agents were simulated: no model was called.[/]")
+        return 1 if state.counts[TaskState.FAILED] else 0
+    finally:
+        app_.close()
+        lock.release()
+
+
+async def _run(orchestrator: Orchestrator, *, forever: bool, show_live: bool) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, orchestrator.stop)
+    job = asyncio.create_task(orchestrator.run(until_idle=not forever), name="orchestrator")
+    view = views.LiveView()
+    if show_live:
+        with Live(view.render(orchestrator.state, time.time()), console=out, refresh_per_second=4) as screen:
+            while not job.done():
+                await asyncio.wait({job}, timeout=0.25)
+                screen.update(view.render(orchestrator.state, time.time()))
+    else:
+        last = ""
+        while not job.done():
+            await asyncio.wait({job}, timeout=2.0)
+            line = views.counts_text(orchestrator.state).plain.strip()
+            if line != last:
+                err.print(f"tc run: {line}", highlight=False)
+                last = line
+    await job
+
+
+# -- reading --------------------------------------------------------------------------
+@app.command()
+def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Counts by state, running agents, tokens by model."""
+    app_ = make_app(home)
+    state = existing_state(app_)
+    data = views.status_dict(state, orchestrator_running=app_.orchestrator_running())
+    if as_json:
+        emit_json(data)
+        return
+    running = "running" if data["orchestrator_running"] else "not running"
+    out.print(f"orchestrator: {running}   home: {app_.home.root}   events: {state.seq}")
+    out.print(views.counts_text(state))
+    if state.running:
+        out.print(views.running_table(state, time.time()))
+    if state.attempts:
+        out.print(views.usage_table(state))
+
+
+@app.command()
+def tasks(
+    state_filter: Annotated[
+        TaskState | None, typer.Option("--state", help="Only tasks in this state.")
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List tasks."""
+    state = existing_state(make_app(home))
+    records = [
+        r for r in state.tasks.values() if state_filter is None or r.state is state_filter
+    ]
+    if as_json:
+        emit_json([views.task_dict(state, r) for r in records])
+        return
+    out.print(views.tasks_table(state, records))
+
+
+@app.command()
+def show(task_id: str, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """One task: its spec, attempts, outcomes, usage and log paths."""
+    state = existing_state(make_app(home))
+    record = state.tasks.get(TaskId(task_id))
+    if record is None:
+        fail(f"no task {task_id!r}")
+    data = views.task_dict(state, record, attempts=True)
+    if as_json:
+        emit_json(data)
+        return
+    out.print(f"[bold]{record.spec.id}[/]  {record.spec.title}", highlight=False)
+    for key in ("project", "state", "priority", "depends_on", "resources", "last_error", "retry_at"):
+        if data.get(key):
+            out.print(f"  {key}: {data[key]}", highlight=False)
+    for attempt in data["attempt_list"]:
+        label = " \\[simulated]" if attempt["simulated"] else ""
+        out.print(
+            f"  attempt {attempt['id']}: {attempt['outcome'] or 'running'}{label}"
+            f"  {attempt['backend']}/{attempt['model'] or '-'}"
+            f"  {views.duration(attempt['seconds'])}",
+            highlight=False,
+        )
+        for key in ("error", "session_id", "usage", "workdir", "branch", "log_path"):
+            if attempt.get(key):
+                out.print(f"      {key}: {attempt[key]}", highlight=False)
+
+
+@app.command()
+def logs(
+    attempt: Annotated[str, typer.Argument(help="Attempt id (task#n) or task id (its last attempt).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until it ends.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Print an attempt's log."""
+    app_ = make_app(home)
+    state = existing_state(app_)
+    record = state.attempts.get(attempt)  # type: ignore[call-overload]
+    if record is None and TaskId(attempt) in state.tasks and state.tasks[TaskId(attempt)].attempts:
+        record = state.attempts[state.tasks[TaskId(attempt)].attempts[-1]]
+    if record is None:
+        fail(f"no attempt {attempt!r} (use task#n, or a task id for its last attempt)")
+    path = Path(record.log_path)
+    offset = 0
+    while True:
+        if path.exists():
+            with path.open("rb") as log:
+                log.seek(offset)
+                chunk = log.read()
+                offset += len(chunk)
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+        if not follow:
+            if not path.exists():
+                fail(f"attempt {record.id} has no log yet ({path})")
+            return
+        state = app_.read_state()
+        if state.attempts[record.id].outcome is not None and path.exists() and path.stat().st_size == offset:
+            return
+        time.sleep(0.5)  # polling another process's file: nothing to await
+
+
+# -- workspaces -----------------------------------------------------------------------
+@workspaces_app.callback()
+def workspaces_list(ctx: typer.Context, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List the attempts' git worktrees and whether they can be pruned."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from trafficcontrol.cli.workspaces import list_workspaces
+
+    list_workspaces(make_app(home), as_json=as_json)
+
+
+@workspaces_app.command("prune")
+def workspaces_prune(
+    home: HomeOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove worktrees of finished attempts that are merged, unchanged or abandoned."""
+    from trafficcontrol.cli.workspaces import prune_workspaces
+
+    prune_workspaces(make_app(home), yes=yes)
+
+
+# -- demo -----------------------------------------------------------------------------
+@app.command()
+def demo(
+    home: Annotated[
+        Path | None, typer.Option("--home", help="Where to put the demo [default: a new temp dir].")
+    ] = None,
+    max_agents: Annotated[int, typer.Option(help="Agents at once.")] = 8,
+    live: Annotated[bool | None, typer.Option("--live/--no-live")] = None,
+) -> None:
+    """Run a bundled 30-task backlog on simulated agents and print a summary."""
+    from trafficcontrol.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(home, max_agents=max_agents, live=live))
+
+
+def main() -> None:
+    app()

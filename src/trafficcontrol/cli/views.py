@@ -1,0 +1,252 @@
+"""Turning state into tables, JSON and the live view. Reads only; never mutates."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from trafficcontrol.domain.model import SIMULATED_LABEL, TaskState, Usage
+from trafficcontrol.domain.state import AttemptRecord, State, TaskRecord
+
+STATE_STYLE = {
+    TaskState.PENDING: "dim",
+    TaskState.READY: "cyan",
+    TaskState.RUNNING: "bold blue",
+    TaskState.WAITING: "yellow",
+    TaskState.BLOCKED: "magenta",
+    TaskState.DONE: "green",
+    TaskState.FAILED: "bold red",
+    TaskState.CANCELLED: "red",
+}
+
+
+def when(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def usage_dict(usage: Usage | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_creation_tokens": usage.cache_creation_tokens,
+        "cost_usd": usage.cost_usd,
+    }
+
+
+def attempt_dict(attempt: AttemptRecord) -> dict[str, Any]:
+    return {
+        "id": attempt.id,
+        "no": attempt.no,
+        "backend": attempt.backend,
+        "model": attempt.model,
+        "started_at": when(attempt.started_at),
+        "ended_at": when(attempt.ended_at),
+        "seconds": None if attempt.ended_at is None else attempt.ended_at - attempt.started_at,
+        "outcome": attempt.outcome,
+        "exit_code": attempt.exit_code,
+        "error": attempt.error,
+        "session_id": attempt.session_id,
+        "usage": usage_dict(attempt.usage),
+        "workdir": attempt.workdir,
+        "branch": attempt.branch,
+        "log_path": attempt.log_path,
+        "simulated": attempt.simulated,
+    }
+
+
+def task_dict(state: State, record: TaskRecord, *, attempts: bool = False) -> dict[str, Any]:
+    spec = record.spec
+    out: dict[str, Any] = {
+        "id": spec.id,
+        "project": spec.project,
+        "title": spec.title,
+        "state": record.state,
+        "priority": spec.priority,
+        "depends_on": list(spec.depends_on),
+        "resources": list(spec.resources),
+        "attempts": len(record.attempts),
+        "last_error": record.last_error,
+    }
+    if record.state is TaskState.PENDING:
+        out["waiting_on"] = [
+            d for d in spec.depends_on if state.tasks[d].state is not TaskState.DONE
+        ]
+    if record.retry_at is not None:
+        out["retry_at"] = when(record.retry_at)
+    if attempts:
+        out["prompt"] = spec.prompt
+        out["attempt_list"] = [attempt_dict(state.attempts[a]) for a in record.attempts]
+    return out
+
+
+def counts(state: State) -> dict[str, int]:
+    return {s.value: state.counts.get(s, 0) for s in TaskState}
+
+
+def usage_by_model(state: State) -> dict[str, dict[str, Any]]:
+    totals: dict[str, Usage] = defaultdict(Usage)
+    simulated: dict[str, bool] = {}
+    for attempt in state.attempts.values():
+        if attempt.usage is not None:
+            key = attempt.model or attempt.backend
+            totals[key] = totals[key] + attempt.usage
+            simulated[key] = simulated.get(key, True) and attempt.simulated
+    return {
+        model: {**(usage_dict(u) or {}), "simulated": simulated[model]}
+        for model, u in sorted(totals.items())
+    }
+
+
+def status_dict(state: State, *, orchestrator_running: bool) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "orchestrator_running": orchestrator_running,
+        "events": state.seq,
+        "tasks": len(state.tasks),
+        "by_state": counts(state),
+        "running": [
+            {
+                "attempt": a.id,
+                "task": a.task_id,
+                "backend": a.backend,
+                "model": a.model,
+                "elapsed_s": round(now - a.started_at, 1),
+            }
+            for a in state.running.values()
+        ],
+        "usage_by_model": usage_by_model(state),
+    }
+
+
+def counts_text(state: State) -> Text:
+    text = Text()
+    for task_state in TaskState:
+        n = state.counts.get(task_state, 0)
+        if n:
+            text.append(f"{task_state.value} {n}  ", style=STATE_STYLE[task_state])
+    return text
+
+
+def running_table(state: State, now: float, *, limit: int = 20) -> Table:
+    table = Table(title="Running agents", expand=False, title_justify="left")
+    for column in ("attempt", "project", "backend", "model", "elapsed"):
+        table.add_column(column)
+    running = sorted(state.running.values(), key=lambda a: a.started_at)
+    for attempt in running[:limit]:
+        project = state.tasks[attempt.task_id].spec.project
+        backend = attempt.backend + (f" {escape(SIMULATED_LABEL)}" if attempt.backend == "sim" else "")
+        table.add_row(
+            attempt.id, project, backend, attempt.model or "-", duration(now - attempt.started_at)
+        )
+    if len(running) > limit:
+        table.add_row(f"… {len(running) - limit} more", "", "", "", "")
+    return table
+
+
+class LiveView:
+    """What ``tc run`` shows while it works: progress, counts and running agents."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]backlog"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("finished"),
+            TimeElapsedColumn(),
+        )
+        self._bar = self.progress.add_task("backlog", total=0)
+
+    def render(self, state: State, now: float) -> RenderableType:
+        finished = sum(state.counts.get(s, 0) for s in TaskState if s.terminal)
+        self.progress.update(self._bar, total=len(state.tasks), completed=finished)
+        return Group(self.progress, counts_text(state), running_table(state, now))
+
+
+def tasks_table(state: State, records: list[TaskRecord]) -> Table:
+    table = Table()
+    for column in ("task", "project", "state", "prio", "attempts", "detail"):
+        table.add_column(column)
+    for record in records:
+        detail = record.last_error or ""
+        if record.state is TaskState.PENDING:
+            blockers = [d for d in record.spec.depends_on if state.tasks[d].state is not TaskState.DONE]
+            detail = "after " + ", ".join(blockers)
+        table.add_row(
+            record.spec.id,
+            record.spec.project,
+            Text(record.state.value, style=STATE_STYLE[record.state]),
+            record.spec.priority.value,
+            str(len(record.attempts)),
+            detail,
+        )
+    return table
+
+
+def summary_table(state: State) -> Table:
+    """Per task: outcome, time, tokens and model of its last attempt."""
+    table = Table(title="Summary")
+    for column in ("task", "state", "attempts", "time", "tokens", "model"):
+        table.add_column(column)
+    for record in state.tasks.values():
+        spent = 0.0
+        tokens = 0
+        model = "-"
+        for attempt_id in record.attempts:
+            attempt = state.attempts[attempt_id]
+            if attempt.ended_at is not None:
+                spent += attempt.ended_at - attempt.started_at
+            if attempt.usage is not None:
+                tokens += attempt.usage.total_tokens
+            model = attempt.model or attempt.backend
+        table.add_row(
+            record.spec.id,
+            Text(record.state.value, style=STATE_STYLE[record.state]),
+            str(len(record.attempts)),
+            duration(spent),
+            f"{tokens:,}",
+            model,
+        )
+    return table
+
+
+def usage_table(state: State) -> Table:
+    table = Table(title="Tokens by model")
+    for column in ("model", "input", "output", "cache read", "cache write", "cost (USD)"):
+        table.add_column(column, justify="right")
+    for model, u in usage_by_model(state).items():
+        label = model + (f" {escape(SIMULATED_LABEL)}" if u["simulated"] else "")
+        cost = "unknown" if u["cost_usd"] is None else f"{u['cost_usd']:.4f}"
+        table.add_row(
+            label,
+            f"{u['input_tokens']:,}",
+            f"{u['output_tokens']:,}",
+            f"{u['cache_read_tokens']:,}",
+            f"{u['cache_creation_tokens']:,}",
+            cost,
+        )
+    return table
