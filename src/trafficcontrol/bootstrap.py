@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from trafficcontrol.adapters.agents.command import CommandBackend
 from trafficcontrol.adapters.agents.process_group import kill_leftover_group
 from trafficcontrol.adapters.agents.sim import SimBackend
@@ -27,8 +29,6 @@ from trafficcontrol.errors import StoreError, TrafficControlError
 from trafficcontrol.ports import AgentBackend, Clock, RequestResult
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.settings import Settings, load_settings
-
-import msgspec
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,9 @@ class App:
     # -- storage ----------------------------------------------------------------------
     def journal(self) -> SqliteJournal:
         if self._journal is None:
-            self._journal = SqliteJournal(self.home.journal, durability=self.settings.run.durability)
+            self._journal = SqliteJournal(
+                self.home.journal, durability=self.settings.run.durability
+            )
         return self._journal
 
     def close(self) -> None:
@@ -142,10 +144,7 @@ class App:
             "sim": SimBackend(clock=self.clock, seed=self.settings.sim.seed),
             "command": CommandBackend(environ=self.environ, grace_s=grace),
         }
-        try:
-            backends["claude"] = _claude_backend(self)
-        except ImportError:  # pragma: no cover - only while the adapter is being written
-            pass
+        backends["claude"] = _claude_backend(self)
         return backends
 
     def orchestrator(self, *, record_latency: bool = False) -> Orchestrator:

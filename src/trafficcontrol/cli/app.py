@@ -121,7 +121,9 @@ def submit(
         request = read_backlog(file)
     except TrafficControlError as exc:
         if as_json:
-            emit_json({"ok": False, "message": exc.message, "details": getattr(exc, "problems", [])})
+            emit_json(
+                {"ok": False, "message": exc.message, "details": getattr(exc, "problems", [])}
+            )
             raise typer.Exit(1) from exc
         fail(exc.message, getattr(exc, "problems", None))
     app_ = make_app(home)
@@ -237,7 +239,9 @@ async def _run(orchestrator: Orchestrator, *, forever: bool, show_live: bool) ->
     job = asyncio.create_task(orchestrator.run(until_idle=not forever), name="orchestrator")
     view = views.LiveView()
     if show_live:
-        with Live(view.render(orchestrator.state, time.time()), console=out, refresh_per_second=4) as screen:
+        with Live(
+            view.render(orchestrator.state, time.time()), console=out, refresh_per_second=4
+        ) as screen:
             while not job.done():
                 await asyncio.wait({job}, timeout=0.25)
                 screen.update(view.render(orchestrator.state, time.time()))
@@ -281,9 +285,7 @@ def tasks(
 ) -> None:
     """List tasks."""
     state = existing_state(make_app(home))
-    records = [
-        r for r in state.tasks.values() if state_filter is None or r.state is state_filter
-    ]
+    records = [r for r in state.tasks.values() if state_filter is None or r.state is state_filter]
     if as_json:
         emit_json([views.task_dict(state, r) for r in records])
         return
@@ -302,7 +304,15 @@ def show(task_id: str, home: HomeOption = None, as_json: JsonOption = False) -> 
         emit_json(data)
         return
     out.print(f"[bold]{record.spec.id}[/]  {record.spec.title}", highlight=False)
-    for key in ("project", "state", "priority", "depends_on", "resources", "last_error", "retry_at"):
+    for key in (
+        "project",
+        "state",
+        "priority",
+        "depends_on",
+        "resources",
+        "last_error",
+        "retry_at",
+    ):
         if data.get(key):
             out.print(f"  {key}: {data[key]}", highlight=False)
     for attempt in data["attempt_list"]:
@@ -320,8 +330,12 @@ def show(task_id: str, home: HomeOption = None, as_json: JsonOption = False) -> 
 
 @app.command()
 def logs(
-    attempt: Annotated[str, typer.Argument(help="Attempt id (task#n) or task id (its last attempt).")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until it ends.")] = False,
+    attempt: Annotated[
+        str, typer.Argument(help="Attempt id (task#n) or task id (its last attempt).")
+    ],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until it ends.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Print an attempt's log."""
@@ -347,14 +361,20 @@ def logs(
                 fail(f"attempt {record.id} has no log yet ({path})")
             return
         state = app_.read_state()
-        if state.attempts[record.id].outcome is not None and path.exists() and path.stat().st_size == offset:
+        if (
+            state.attempts[record.id].outcome is not None
+            and path.exists()
+            and path.stat().st_size == offset
+        ):
             return
         time.sleep(0.5)  # polling another process's file: nothing to await
 
 
 # -- workspaces -----------------------------------------------------------------------
 @workspaces_app.callback()
-def workspaces_list(ctx: typer.Context, home: HomeOption = None, as_json: JsonOption = False) -> None:
+def workspaces_list(
+    ctx: typer.Context, home: HomeOption = None, as_json: JsonOption = False
+) -> None:
     """List the attempts' git worktrees and whether they can be pruned."""
     if ctx.invoked_subcommand is not None:
         return

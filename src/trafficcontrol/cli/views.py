@@ -159,7 +159,9 @@ def running_table(state: State, now: float, *, limit: int = 20) -> Table:
     running = sorted(state.running.values(), key=lambda a: a.started_at)
     for attempt in running[:limit]:
         project = state.tasks[attempt.task_id].spec.project
-        backend = attempt.backend + (f" {escape(SIMULATED_LABEL)}" if attempt.backend == "sim" else "")
+        backend = attempt.backend + (
+            f" {escape(SIMULATED_LABEL)}" if attempt.backend == "sim" else ""
+        )
         table.add_row(
             attempt.id, project, backend, attempt.model or "-", duration(now - attempt.started_at)
         )
@@ -194,7 +196,9 @@ def tasks_table(state: State, records: list[TaskRecord]) -> Table:
     for record in records:
         detail = record.last_error or ""
         if record.state is TaskState.PENDING:
-            blockers = [d for d in record.spec.depends_on if state.tasks[d].state is not TaskState.DONE]
+            blockers = [
+                d for d in record.spec.depends_on if state.tasks[d].state is not TaskState.DONE
+            ]
             detail = "after " + ", ".join(blockers)
         table.add_row(
             record.spec.id,

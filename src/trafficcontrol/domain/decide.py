@@ -115,9 +115,11 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
         model = spec.model or project.model
         key = model_key(model)
         model_limit = config.per_model.get(key)
-        if model_limit is not None:
-            if state.running_by_model[key] + by_model.get(key, 0) >= model_limit:
-                continue
+        if (
+            model_limit is not None
+            and state.running_by_model[key] + by_model.get(key, 0) >= model_limit
+        ):
+            continue
         resources = task_resources(state, task_id)
         if not locks.try_take(resources):
             continue

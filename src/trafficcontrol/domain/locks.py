@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from trafficcontrol.domain.model import AttemptId, lock_name
 
 
-class LockTable(object):
+class LockTable:
     __slots__ = ("exclusive", "shared")
 
     def __init__(self) -> None:
@@ -65,7 +65,7 @@ class LockTable(object):
 class TentativeLocks:
     """The lock table plus the locks that one ``decide`` pass has already promised."""
 
-    __slots__ = ("_table", "_exclusive", "_shared")
+    __slots__ = ("_exclusive", "_shared", "_table")
 
     def __init__(self, table: LockTable) -> None:
         self._table = table

@@ -79,9 +79,7 @@ def plan_submit(state: State, request: SubmitRequest, now: float) -> BacklogSubm
         raise BacklogError(f"{request.source}: submission refused", problems)
     if not new_projects and not new_tasks:
         return None
-    return BacklogSubmitted(
-        at=now, source=request.source, projects=new_projects, tasks=new_tasks
-    )
+    return BacklogSubmitted(at=now, source=request.source, projects=new_projects, tasks=new_tasks)
 
 
 def _record(state: State, task_id: TaskId) -> TaskState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from trafficcontrol.domain.events import AnyEvent
 
@@ -40,10 +41,8 @@ class Inbox:
     async def wait(self, timeout: float | None) -> None:
         if self._items or self._wakeup.is_set():
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except TimeoutError:
-            pass
 
     def take(self) -> tuple[list[AnyEvent], list[asyncio.Future[None]]]:
         items, waiters = self._items, self._waiters

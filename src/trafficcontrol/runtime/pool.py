@@ -149,18 +149,24 @@ class AgentPool:
             )
         except TrafficControlError as exc:
             result_event = AttemptFinished(
-                at=self._clock.now(), attempt_id=attempt_id, outcome=Outcome.FAILED,
+                at=self._clock.now(),
+                attempt_id=attempt_id,
+                outcome=Outcome.FAILED,
                 error=exc.message,
             )
         except Exception as exc:  # an adapter bug must end the attempt, not the orchestrator
             log.exception("agent_adapter_crashed attempt=%s", attempt_id)
             result_event = AttemptFinished(
-                at=self._clock.now(), attempt_id=attempt_id, outcome=Outcome.FAILED,
+                at=self._clock.now(),
+                attempt_id=attempt_id,
+                outcome=Outcome.FAILED,
                 error=f"agent adapter crashed: {exc!r}",
             )
         self.inbox.put(result_event)
 
-    async def _attempt(self, event: AttemptDispatched, ready_since: float | None) -> AttemptFinished:
+    async def _attempt(
+        self, event: AttemptDispatched, ready_since: float | None
+    ) -> AttemptFinished:
         state = self._state
         spec = state.tasks[event.task_id].spec
         project = state.projects[spec.project]

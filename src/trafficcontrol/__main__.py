@@ -1,0 +1,5 @@
+"""``python -m trafficcontrol`` is ``tc``."""
+
+from trafficcontrol.cli.app import main
+
+main()

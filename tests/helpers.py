@@ -1,0 +1,104 @@
+"""Shared test helpers: state homes, backlogs and journal queries on real SQLite."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trafficcontrol.adapters.stores.sqlite import SqliteJournal
+from trafficcontrol.bootstrap import App, Home
+from trafficcontrol.domain.events import AnyEvent, AttemptDispatched, AttemptFinished
+from trafficcontrol.domain.model import (
+    AgentSettings,
+    ProjectId,
+    ProjectSpec,
+    SimSettings,
+    TaskId,
+    TaskSpec,
+)
+from trafficcontrol.domain.requests import SubmitRequest
+from trafficcontrol.settings import RunSettings, Settings
+
+AGENT = str(Path(__file__).parent / "agents" / "agent.py")
+
+
+def agent_argv(*flags: str) -> list[str]:
+    return [sys.executable, AGENT, *flags]
+
+
+def make_app(root: Path, **run: Any) -> App:
+    settings = Settings(run=RunSettings(**{"grace_s": 1.0, "request_poll_s": 0.05, **run}))
+    return App(Home(root), environ=dict(os.environ), settings=settings)
+
+
+def project(
+    path: Path,
+    pid: str = "p",
+    *,
+    agent: str = "sim",
+    sim: SimSettings | None = None,
+    command: list[str] | None = None,
+    **kw: Any,
+) -> ProjectSpec:
+    path.mkdir(parents=True, exist_ok=True)
+    settings = AgentSettings(sim=sim or SimSettings(duration_s=0.0, jitter=0.0), command=command)
+    kw.setdefault("lock_in_place", False)
+    return ProjectSpec(id=ProjectId(pid), path=str(path), agent=agent, settings=settings, **kw)
+
+
+def task(tid: str, pid: str = "p", *, deps: Sequence[str] = (), **kw: Any) -> TaskSpec:
+    return TaskSpec(
+        id=TaskId(tid),
+        project=ProjectId(pid),
+        title=tid,
+        prompt=f"do {tid}",
+        depends_on=tuple(TaskId(d) for d in deps),
+        **kw,
+    )
+
+
+def submit(app: App, projects: list[ProjectSpec], tasks: list[TaskSpec]) -> None:
+    result = app.request(SubmitRequest(source="test", projects=projects, tasks=tasks))
+    assert result.ok, result
+
+
+def journal_events(home: Path) -> list[AnyEvent]:
+    journal = SqliteJournal(home / "journal.db")
+    try:
+        return [event for _seq, event in journal.read()]
+    finally:
+        journal.close()
+
+
+def max_concurrency(events: list[AnyEvent], key: Any = None) -> dict[Any, int]:
+    """Peak number of attempts running at once, per key(dispatch event) (None: overall)."""
+    running: dict[Any, int] = {}
+    peak: dict[Any, int] = {}
+    owner: dict[str, Any] = {}
+    for event in events:
+        if isinstance(event, AttemptDispatched):
+            k = key(event) if key else None
+            owner[event.attempt_id] = k
+            running[k] = running.get(k, 0) + 1
+            peak[k] = max(peak.get(k, 0), running[k])
+        elif isinstance(event, AttemptFinished):
+            k = owner.pop(event.attempt_id)
+            running[k] -= 1
+    return peak
+
+
+async def run_until_idle(app: App, *, record_latency: bool = False) -> Any:
+    """Run an orchestrator in this process the way ``tc run`` does (holding the run lock)."""
+    lock = app.run_lock()
+    assert lock.try_acquire()
+    try:
+        orchestrator = app.orchestrator(record_latency=record_latency)
+        orchestrator.recover()
+        orchestrator.check_backends()
+        await orchestrator.run(until_idle=True)
+        return orchestrator
+    finally:
+        lock.release()
