@@ -1,0 +1,1 @@
+"""Adapters: the edge where drivers, processes and files meet our ports."""

@@ -1,0 +1,1 @@
+"""Agent backends: claude (Claude Agent SDK), command (any CLI), sim (simulated)."""

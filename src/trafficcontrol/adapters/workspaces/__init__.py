@@ -1,0 +1,1 @@
+"""Workspaces for attempts: git worktrees, or the project directory itself."""
