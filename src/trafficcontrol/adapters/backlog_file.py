@@ -20,13 +20,13 @@ The file format (paths relative to the file)::
 from __future__ import annotations
 
 import re
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from trafficcontrol.adapters.workspaces.git import is_git_repo
 from trafficcontrol.domain.model import (
     AgentSettings,
     Priority,
@@ -116,20 +116,6 @@ def _settings(entry: _AgentEntry) -> AgentSettings | None:
     return AgentSettings(**values)
 
 
-def is_git_worktree_root(path: Path) -> bool:
-    """True when ``path`` is the top of a git work tree."""
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "--show-toplevel"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except FileNotFoundError:
-        return False
-    return done.returncode == 0 and Path(done.stdout.strip()).resolve() == path.resolve()
-
-
 _POSITION = re.compile(r"\s*\(at line (\d+), column \d+\)")
 _WHERE = re.compile(r"\$\.(projects|tasks)\[(\d+)\]")
 
@@ -186,7 +172,7 @@ def to_request(parsed: BacklogFile, *, base: Path, source: str) -> SubmitRequest
             ProjectSpec(
                 id=ProjectId(entry.id),
                 path=str(project_path),
-                is_git=is_git_worktree_root(project_path),
+                is_git=is_git_repo(project_path),
                 agent=entry.agent,
                 model=entry.model,
                 max_concurrent=entry.max_concurrent,
