@@ -1,1 +1,3 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration: the scripted Anthropic-protocol provider's fixtures."""
+
+pytest_plugins = ["tests.provider.fixtures"]

@@ -1,0 +1,554 @@
+"""A scripted stand-in for the Anthropic Messages API, for real clients in tests.
+
+The real Claude Code CLI (through claude-agent-sdk) and the real ``anthropic``
+client talk to it over HTTP exactly as they would to the provider, so tests
+exercise their real retry, streaming and fallback code instead of mocks.
+
+Design notes:
+
+- **A script, not a model.** Each ``POST /v1/messages`` answers with the next
+  :class:`Turn` of the test's script (text, or tool calls plus declared usage);
+  when the script is exhausted it answers :data:`DONE_TEXT`, so an agent loop
+  always terminates. A turn is consumed only when it was delivered in full: a
+  fault or a cut connection leaves it for the client's retry.
+- **Both wire shapes.** ``"stream": true`` gets SSE (chunked HTTP/1.1, so
+  keep-alive works as with the real API); anything else gets one JSON message —
+  the CLI falls back to ``stream: false`` after a cut stream.
+- **Lenient input.** Unknown roles, blocks and fields in a request are recorded,
+  never refused: the CLI sends things (``role: "system"`` messages, betas) the
+  public API documents loosely. Other paths answer harmlessly (``/api/hello``
+  200, anything else a 404 JSON error).
+- **Faults are a queue.** :meth:`ProviderServer.add_fault` queues a
+  :class:`Fault` that hits the next N matching requests (optionally one model)
+  before any turn is taken. ``STATUS`` (429/500/529/... with headers such as
+  ``retry-after`` or ``x-should-retry``) and ``STALL`` (hold the request until
+  :meth:`ProviderServer.release` or shutdown) exist; new kinds (SSE error
+  mid-stream, dropped connection, malformed body) are one more branch in
+  ``_Handler._apply_fault``.
+- **Everything is recorded** (method, path, query, headers with secrets
+  redacted, JSON body) so tests assert on what the client really sent. Waiting
+  is on a condition variable (:meth:`ProviderServer.wait_for`), never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType, TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+DONE_TEXT = "done"
+"""What the server answers once the script is exhausted."""
+
+REDACTED = "<redacted>"
+TEST_API_KEY = "test-key"
+"""The key tests give clients; the server accepts any."""
+_SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
+
+
+# -- the script ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TurnUsage:
+    """Tokens one response declares (what the real API reports per call)."""
+
+    input_tokens: int = 10
+    output_tokens: int = 5
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+
+    def as_api(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation_input_tokens": self.cache_creation_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    """One ``tool_use`` block the model 'decides' to emit."""
+
+    name: str
+    input: Mapping[str, Any]
+    id: str = field(default_factory=lambda: f"toolu_{uuid.uuid4().hex[:24]}")
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One assistant response: optional text, then zero or more tool calls."""
+
+    text: str | None = None
+    tool_uses: tuple[ToolUse, ...] = ()
+    usage: TurnUsage = TurnUsage()
+
+    @property
+    def stop_reason(self) -> str:
+        return "tool_use" if self.tool_uses else "end_turn"
+
+    def content(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if self.text is not None:
+            blocks.append({"type": "text", "text": self.text})
+        blocks.extend(
+            {"type": "tool_use", "id": t.id, "name": t.name, "input": dict(t.input)}
+            for t in self.tool_uses
+        )
+        return blocks
+
+
+def text(reply: str, *, usage: TurnUsage | None = None) -> Turn:
+    """A turn that answers with text and ends the agent's loop."""
+    return Turn(text=reply, usage=usage or TurnUsage())
+
+
+def tool(
+    name: str,
+    input: Mapping[str, Any],
+    *more: ToolUse,
+    usage: TurnUsage | None = None,
+    preamble: str | None = None,
+) -> Turn:
+    """A turn that calls ``name`` with ``input`` (and any ``more`` tools)."""
+    return Turn(text=preamble, tool_uses=(ToolUse(name, input), *more), usage=usage or TurnUsage())
+
+
+_DONE_TURN = text(DONE_TEXT)
+
+
+# -- faults ----------------------------------------------------------------------------
+class FaultKind(StrEnum):
+    STATUS = "status"
+    """Answer with an HTTP error status and an Anthropic-shaped error body."""
+    STALL = "stall"
+    """Send nothing until ``release()`` or shutdown, then serve the turn normally."""
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Something going wrong for the next ``times`` matching requests."""
+
+    kind: FaultKind
+    times: int = 1
+    model: str | None = None
+    """Only requests for exactly this model (None: any)."""
+    after: int = 0
+    """Let this many matching requests through untouched first."""
+    status: int = 500
+    headers: Mapping[str, str] = field(default_factory=dict)
+    message: str = "injected fault"
+
+    @staticmethod
+    def http(
+        status: int,
+        *,
+        times: int = 1,
+        model: str | None = None,
+        after: int = 0,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
+    ) -> Fault:
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["retry-after"] = f"{retry_after:g}"
+        if should_retry is not None:
+            headers["x-should-retry"] = "true" if should_retry else "false"
+        return Fault(
+            FaultKind.STATUS, times=times, model=model, after=after, status=status, headers=headers
+        )
+
+    @staticmethod
+    def stall(*, times: int = 1, model: str | None = None, after: int = 0) -> Fault:
+        return Fault(FaultKind.STALL, times=times, model=model, after=after)
+
+
+@dataclass(slots=True)
+class _PendingFault:
+    fault: Fault
+    skip: int
+    remaining: int
+
+
+# -- recording -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    method: str
+    path: str
+    """Path without the query string (``/v1/messages`` for ``/v1/messages?beta=true``)."""
+    query: str
+    headers: Mapping[str, str]
+    """Lower-cased names; credentials replaced by :data:`REDACTED`."""
+    body: Any
+    """The parsed JSON body, or None (no body or not JSON)."""
+
+    @property
+    def model(self) -> str | None:
+        return self.body.get("model") if isinstance(self.body, dict) else None
+
+    @property
+    def stream(self) -> bool:
+        return isinstance(self.body, dict) and self.body.get("stream") is True
+
+    def user_texts(self) -> list[str]:
+        """Every text the request carries in ``user`` messages, in order."""
+        texts: list[str] = []
+        messages = self.body.get("messages", []) if isinstance(self.body, dict) else []
+        for message in messages:
+            if not isinstance(message, dict) or message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                texts.extend(
+                    b["text"]
+                    for b in content
+                    if isinstance(b, dict) and b.get("type") == "text" and "text" in b
+                )
+        return texts
+
+
+# -- the server ------------------------------------------------------------------------
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    provider: ProviderServer
+
+
+class ProviderServer:
+    """The scripted provider, on 127.0.0.1 with an ephemeral port, in a thread."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._lock = threading.Condition()
+        self._turns: deque[Turn] = deque()
+        self._faults: list[_PendingFault] = []
+        self._requests: list[RecordedRequest] = []
+        self._stalled = 0
+        self._release_generation = 0
+        self._stopping = False
+        self._httpd = _Server((host, 0), _Handler)
+        self._httpd.provider = self
+        self._thread: threading.Thread | None = None
+        port = self._httpd.server_address[1]
+        self.url = f"http://{host}:{port}"
+
+    # lifecycle
+    def start(self) -> ProviderServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            # shutdown() waits up to one poll interval; the default 0.5 s per test adds up.
+            kwargs={"poll_interval": 0.02},
+            name="provider-server",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Release stalled requests, stop serving, close the socket. Idempotent."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()
+
+    def __enter__(self) -> ProviderServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # scripting
+    def script(self, *turns: Turn | str) -> None:
+        """Replace the remaining script; a plain string is a text turn."""
+        with self._lock:
+            self._turns = deque(text(t) if isinstance(t, str) else t for t in turns)
+
+    @property
+    def turns(self) -> list[Turn]:
+        """The turns not yet delivered."""
+        with self._lock:
+            return list(self._turns)
+
+    def add_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(_PendingFault(fault, skip=fault.after, remaining=fault.times))
+
+    def release(self) -> None:
+        """Let every currently stalled request go on."""
+        with self._lock:
+            self._release_generation += 1
+            self._lock.notify_all()
+
+    # observing
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def message_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == "POST" and r.path == "/v1/messages"]
+
+    @property
+    def stalled(self) -> int:
+        """How many requests have been stalled so far."""
+        with self._lock:
+            return self._stalled
+
+    def wait_for(self, predicate: Callable[[ProviderServer], bool], timeout: float) -> None:
+        """Block until ``predicate(self)`` holds (re-checked on every request)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: predicate(self), timeout):
+                raise TimeoutError(f"provider: condition not met within {timeout}s")
+
+    # used by the handler
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+            self._lock.notify_all()
+
+    def _take_fault(self, model: str | None) -> Fault | None:
+        with self._lock:
+            for pending in self._faults:
+                fault = pending.fault
+                if pending.remaining == 0 or fault.model not in (None, model):
+                    continue
+                if pending.skip > 0:
+                    pending.skip -= 1
+                    continue
+                pending.remaining -= 1
+                return fault
+            return None
+
+    def _stall(self) -> bool:
+        """Wait for a release; False when the server is stopping instead."""
+        with self._lock:
+            self._stalled += 1
+            generation = self._release_generation
+            self._lock.notify_all()
+            self._lock.wait_for(lambda: self._stopping or self._release_generation > generation)
+            return not self._stopping
+
+    def _take_turn(self) -> Turn:
+        with self._lock:
+            return self._turns.popleft() if self._turns else _DONE_TURN
+
+    def _give_back(self, turn: Turn) -> None:
+        """A turn whose delivery failed goes back to the front for the retry."""
+        if turn is _DONE_TURN:
+            return
+        with self._lock:
+            self._turns.appendleft(turn)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep pytest output clean; requests are recorded instead
+
+    # -- routing
+    def do_HEAD(self) -> None:
+        self._record(None)
+        self._send_json(200 if self._path == "/api/hello" else 404, {}, body=False)
+
+    def do_GET(self) -> None:
+        self._record(None)
+        if self._path == "/api/hello":
+            self._send_json(200, {})
+        else:
+            self._send_error(404, f"no route for GET {self._path}")
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        self._record(body)
+        if self._path == "/v1/messages":
+            if not isinstance(body, dict):
+                self._send_error(400, "request body is not a JSON object")
+            else:
+                self._messages(body)
+        elif self._path == "/v1/messages/count_tokens":
+            self._send_json(200, {"input_tokens": max(1, len(raw) // 4)})
+        else:
+            self._send_error(404, f"no route for POST {self._path}")
+
+    @property
+    def _path(self) -> str:
+        return urlsplit(self.path).path
+
+    def _record(self, body: Any) -> None:
+        headers = {
+            k.lower(): (REDACTED if k.lower() in _SECRET_HEADERS else v)
+            for k, v in self.headers.items()
+        }
+        self.server.provider._record(
+            RecordedRequest(
+                method=self.command,
+                path=self._path,
+                query=urlsplit(self.path).query,
+                headers=MappingProxyType(headers),
+                body=body,
+            )
+        )
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()  # the blank line after the last chunk
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("content-length") or 0))
+
+    # -- the Messages API
+    def _messages(self, body: dict[str, Any]) -> None:
+        provider = self.server.provider
+        model = str(body.get("model") or "claude-test")
+        fault = provider._take_fault(model)
+        if fault is not None and not self._apply_fault(fault):
+            return
+        turn = provider._take_turn()
+        try:
+            if body.get("stream") is True:
+                self._stream(turn, model)
+            else:
+                self._send_json(200, _message(turn, model))
+        except OSError:  # the client went away (cancelled, timed out): retry gets the turn
+            provider._give_back(turn)
+            self.close_connection = True
+
+    def _apply_fault(self, fault: Fault) -> bool:
+        """Act out ``fault``; True when the request should then be served normally."""
+        match fault.kind:
+            case FaultKind.STATUS:
+                self._send_error(fault.status, fault.message, fault.headers)
+                return False
+            case FaultKind.STALL:
+                if self.server.provider._stall():
+                    return True
+                self.close_connection = True  # shutting down: drop the connection
+                return False
+
+    def _stream(self, turn: Turn, model: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
+        self.end_headers()
+        for event in _sse_events(turn, model):
+            payload = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+            self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    # -- plumbing
+    def _send_json(
+        self,
+        status: int,
+        data: Any,
+        headers: Mapping[str, str] | None = None,
+        *,
+        body: bool = True,
+    ) -> None:
+        encoded = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(encoded)))
+        self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(encoded)
+        self.wfile.flush()
+
+    def _send_error(
+        self, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        error_type = _ERROR_TYPES.get(status, "api_error")
+        self._send_json(
+            status, {"type": "error", "error": {"type": error_type, "message": message}}, headers
+        )
+
+
+def _message(turn: Turn, model: str) -> dict[str, Any]:
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": turn.content(),
+        "stop_reason": turn.stop_reason,
+        "stop_sequence": None,
+        "usage": turn.usage.as_api(),
+    }
+
+
+def _sse_events(turn: Turn, model: str) -> Iterator[dict[str, Any]]:
+    """The SSE events of ``turn``, shaped like the real API's (the event name is ``type``)."""
+    start = _message(turn, model)
+    start.update(content=[], stop_reason=None)
+    # The real API reports input and cache tokens up front and the output count
+    # at the end (cumulatively, in message_delta); clients sum accordingly.
+    start["usage"] = {**turn.usage.as_api(), "output_tokens": 0}
+    yield {"type": "message_start", "message": start}
+    yield {"type": "ping"}
+    for index, block in enumerate(turn.content()):
+        opening: dict[str, Any]
+        if block["type"] == "text":
+            opening = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": block["text"]}]
+        else:
+            opening = {**block, "input": {}}
+            arguments = json.dumps(block["input"])
+            half = len(arguments) // 2  # two deltas: a real stream splits the JSON anywhere
+            deltas = [
+                {"type": "input_json_delta", "partial_json": part}
+                for part in (arguments[:half], arguments[half:])
+            ]
+        yield {"type": "content_block_start", "index": index, "content_block": opening}
+        for delta in deltas:
+            yield {"type": "content_block_delta", "index": index, "delta": delta}
+        yield {"type": "content_block_stop", "index": index}
+    yield {
+        "type": "message_delta",
+        "delta": {"stop_reason": turn.stop_reason, "stop_sequence": None},
+        "usage": turn.usage.as_api(),
+    }
+    yield {"type": "message_stop"}
