@@ -85,10 +85,13 @@ def validate_submission(
             problems.append(f"{where}: ids must be non-empty, without spaces or '#'")
         if task.project not in seen_projects and task.project not in state.projects:
             problems.append(f"{where}: unknown project {task.project!r}")
+        modes: dict[str, bool] = {}
         for resource in task.resources:
-            name, _shared = lock_name(resource)
+            name, shared = lock_name(resource)
             if not name or any(c.isspace() for c in name):
                 problems.append(f"{where}: bad resource name {resource!r}")
+            elif modes.setdefault(name, shared) != shared:
+                problems.append(f"{where}: resource {name!r} is named both exclusive and shared")
         if task.max_attempts is not None and task.max_attempts < 1:
             problems.append(f"{where}: max_attempts must be at least 1")
         if task.timeout_s is not None and task.timeout_s <= 0:

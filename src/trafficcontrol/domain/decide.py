@@ -159,8 +159,8 @@ def decide(state: State, now: float, config: SchedulerConfig) -> Decision:
 
     for deadline, attempt_id in iter_sorted(state.deadlines):
         attempt = state.running.get(attempt_id)
-        if attempt is None or attempt.stop_reason is not None:
-            continue
+        if attempt is None or attempt.stop_reason is not None or attempt_id in state.stops_wanted:
+            continue  # gone, already stopping, or stopping as cancelled below
         if deadline > now:
             next_wakeup = deadline if next_wakeup is None else min(next_wakeup, deadline)
             break

@@ -169,6 +169,9 @@ def _drop_stale_heads(state: State) -> None:
     aging = state.aging
     while aging and not state.is_ready_entry(aging[0][1], aging[0][2]):
         aging.popleft()
+    waiting = state.waiting
+    while waiting and state.tasks[waiting[0][1]].retry_at != waiting[0][0]:
+        heapq.heappop(waiting)
 
 
 def _apply_backlog(state: State, event: BacklogSubmitted) -> None:
@@ -290,6 +293,7 @@ def _apply_cancel(state: State, event: TaskCancelRequested) -> None:
             state.stops_wanted.add(attempt.id)
         return
     record.last_error = event.reason
+    record.retry_at = None
     _finish_task(state, record, TaskState.CANCELLED, event.at)
     _drop_stale_heads(state)
 
@@ -312,9 +316,7 @@ def _apply_woken(state: State, event: TaskWoken) -> None:
     if record.state is TaskState.WAITING:
         record.retry_at = None
         _make_ready(state, record, event.at)
-    waiting = state.waiting
-    while waiting and state.tasks[waiting[0][1]].state is not TaskState.WAITING:
-        heapq.heappop(waiting)
+    _drop_stale_heads(state)
 
 
 def _apply_stop(state: State, event: AttemptStopRequested) -> None:

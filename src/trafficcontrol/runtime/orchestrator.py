@@ -158,45 +158,49 @@ class Orchestrator:
 
     # -- one turn of the loop ---------------------------------------------------------
     async def _step(self) -> None:
-        await self._drain()
+        """Fold what agents reported, decide, journal both in one transaction, then act.
+
+        The agents' events are folded before they are durable so that ``decide``
+        sees them; nothing outside the process learns of them until the commit
+        returns (waiters are acknowledged, agents started or stopped only after it),
+        and a failed commit ends the run, so the journal stays the truth.
+        """
+        if self._clock.monotonic() - self._last_poll >= self._request_poll_s:
+            self._last_poll = self._clock.monotonic()
+            await self._serve_requests()
+        events, waiters = self.pool.inbox.take()
+        for event in events:
+            apply(self.state, event)
         decision = decide(self.state, self._clock.now(), self.scheduler)
         self._next_wakeup = decision.next_wakeup
-        if not decision.commands or self._stopping:
-            return
-        now = self._clock.now()
-        events: list[AnyEvent] = []
         starts: list[AttemptDispatched] = []
         stops: list[AttemptStopRequested] = []
-        for command in decision.commands:
-            match command:
-                case Dispatch():
-                    event = self.pool.dispatched_event(command, now)
-                    starts.append(event)
-                    events.append(event)
-                case StopAttempt():
-                    stop = AttemptStopRequested(
-                        at=now, attempt_id=command.attempt_id, reason=command.reason
-                    )
-                    stops.append(stop)
-                    events.append(stop)
-                case WakeTask():
-                    events.append(TaskWoken(at=now, task_id=command.task_id))
-        await self._commit(events)
+        if decision.commands and not self._stopping:
+            now = self._clock.now()
+            for command in decision.commands:
+                match command:
+                    case Dispatch():
+                        start = self.pool.dispatched_event(command, now)
+                        starts.append(start)
+                        event = start
+                    case StopAttempt():
+                        stop = AttemptStopRequested(
+                            at=now, attempt_id=command.attempt_id, reason=command.reason
+                        )
+                        stops.append(stop)
+                        event = stop
+                    case WakeTask():
+                        event = TaskWoken(at=now, task_id=command.task_id)
+                apply(self.state, event)
+                events.append(event)
+        await self._append(events)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         for stop in stops:
             self.pool.stop(stop.attempt_id, stop.reason)
         for start in starts:
             self.pool.start(start)
-
-    async def _drain(self) -> None:
-        """Commit what agents reported, and requests from other processes."""
-        events, waiters = self.pool.inbox.take()
-        await self._commit(events)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        if self._clock.monotonic() - self._last_poll >= self._request_poll_s:
-            self._last_poll = self._clock.monotonic()
-            await self._serve_requests()
 
     async def _serve_requests(self) -> None:
         requests = await self._blocking(self._journal.take_requests)
@@ -250,11 +254,20 @@ class Orchestrator:
 
     # -- journal ------------------------------------------------------------------------
     async def _commit(self, events: list[AnyEvent]) -> None:
+        """Journal, then fold."""
         if not events:
             return
         last = await self._blocking(self._journal.append, events)
         for event in events:
             apply(self.state, event)
+        self._check_seq(last)
+
+    async def _append(self, events: list[AnyEvent]) -> None:
+        """Journal events that are already folded."""
+        if events:
+            self._check_seq(await self._blocking(self._journal.append, events))
+
+    def _check_seq(self, last: int) -> None:
         if last != self.state.seq:
             raise StoreError(
                 f"journal sequence {last} does not match the state's {self.state.seq}:"

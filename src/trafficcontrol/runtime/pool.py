@@ -23,7 +23,7 @@ from trafficcontrol.domain.events import (
     AttemptFinished,
     WorkspacePrepared,
 )
-from trafficcontrol.domain.model import AgentSettings, AttemptId, Outcome, StopReason
+from trafficcontrol.domain.model import AttemptId, Outcome, StopReason
 from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
 from trafficcontrol.ports import AgentBackend, AgentRequest, Clock, Workspace, Workspaces
@@ -80,7 +80,7 @@ class AgentPool:
         self._backends = backends
         self._workspaces = workspaces
         self._clock = clock
-        self._logs_dir = logs_dir
+        self._logs_root = str(logs_dir)
         self._state = state
         self._tasks: dict[AttemptId, asyncio.Task[None]] = {}
         self._stop_reasons: dict[AttemptId, StopReason] = {}
@@ -89,7 +89,8 @@ class AgentPool:
 
     def dispatched_event(self, command: Dispatch, now: float) -> AttemptDispatched:
         suffix = ".jsonl" if command.backend == "claude" else ".log"
-        log_path = self._logs_dir / command.task_id / f"{command.attempt_no}{suffix}"
+        # A plain string: this runs once per dispatch and pathlib costs more than it helps.
+        log_path = f"{self._logs_root}/{command.task_id}/{command.attempt_no}{suffix}"
         return AttemptDispatched(
             at=now,
             attempt_id=command.attempt_id,
@@ -99,7 +100,7 @@ class AgentPool:
             model=command.model,
             resources=command.resources,
             deadline=command.deadline,
-            log_path=str(log_path),
+            log_path=log_path,
         )
 
     def start(self, event: AttemptDispatched) -> None:
@@ -185,7 +186,9 @@ class AgentPool:
                 base_commit=workspace.base_commit,
             )
         )
-        settings = (spec.settings or AgentSettings()).over(project.settings)
+        settings = (
+            project.settings if spec.settings is None else spec.settings.over(project.settings)
+        )
         request = AgentRequest(
             attempt_id=event.attempt_id,
             task_id=spec.id,
