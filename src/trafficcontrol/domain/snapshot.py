@@ -1,0 +1,158 @@
+"""Snapshots of the folded state: a typed, versioned schema and its migrations. Pure.
+
+Design note. A snapshot keeps only what the journal would rebuild — projects, task
+and attempt records, the sequence number and a few counters — and ``restore``
+rebuilds every index (ready heap, aging queue, waiting and deadline heaps, running
+counts, lock table, dependents) from those records, so snapshot + journal tail
+folds to the same state as a full replay. The encoding is msgpack through msgspec:
+``encode`` returns bytes at once, which is the consistent copy the shell compresses
+and writes off the event loop.
+
+Older schemas load through ``MIGRATIONS``: each entry turns the builtins of schema
+``n`` into those of ``n + 1``; ``decode`` applies them in order, then validates.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from trafficcontrol.domain.model import ProjectSpec, TaskState
+from trafficcontrol.domain.state import AttemptRecord, State, TaskRecord, model_key
+
+SCHEMA = 1
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+MIGRATIONS: dict[int, Migration] = {}
+"""schema n -> function from schema n's builtins to schema n + 1's."""
+
+
+class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):
+    schema: int
+    seq: int
+    next_ready_order: int
+    instance: str | None
+    running_orchestrator: bool
+    projects: list[ProjectSpec]
+    tasks: list[TaskRecord]
+    attempts: list[AttemptRecord]
+
+
+class SnapshotSchemaError(ValueError):
+    """The payload is not a snapshot of a schema this code can read."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(SnapshotData)
+
+
+def capture(state: State) -> SnapshotData:
+    return SnapshotData(
+        schema=SCHEMA,
+        seq=state.seq,
+        next_ready_order=state.next_ready_order,
+        instance=state.instance,
+        running_orchestrator=state.running_orchestrator,
+        projects=list(state.projects.values()),
+        tasks=list(state.tasks.values()),
+        attempts=list(state.attempts.values()),
+    )
+
+
+def encode(state: State) -> bytes:
+    """The state as snapshot bytes; a consistent copy that later changes do not touch."""
+    return _encoder.encode(capture(state))
+
+
+def decode(payload: bytes, *, supported: int = SCHEMA) -> SnapshotData:
+    """Snapshot bytes of this or an older schema (migrated), validated."""
+    try:
+        raw = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise SnapshotSchemaError(f"payload is not msgpack: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("schema"), int):
+        raise SnapshotSchemaError("payload has no schema number")
+    schema: int = raw["schema"]
+    if schema > supported:
+        raise SnapshotSchemaError(f"schema {schema} is newer than this code ({supported})")
+    if schema == supported:
+        try:
+            data: SnapshotData = _decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise SnapshotSchemaError(f"schema {schema} payload is invalid: {exc}") from exc
+        return data
+    while schema < supported:
+        migrate = MIGRATIONS.get(schema)
+        if migrate is None:
+            raise SnapshotSchemaError(f"no migration from schema {schema}")
+        raw = migrate(raw)
+        schema += 1
+        raw["schema"] = schema
+    try:
+        return msgspec.convert(raw, SnapshotData)
+    except msgspec.ValidationError as exc:
+        raise SnapshotSchemaError(f"migrated payload is invalid: {exc}") from exc
+
+
+def restore(data: SnapshotData) -> State:
+    """A state equal to the one captured, with every index rebuilt."""
+    state = State()
+    state.seq = data.seq
+    state.next_ready_order = data.next_ready_order
+    state.instance = data.instance
+    state.running_orchestrator = data.running_orchestrator
+    state.projects = {p.id: p for p in data.projects}
+    state.tasks = {
+        t.spec.id: msgspec.structs.replace(t, attempts=list(t.attempts)) for t in data.tasks
+    }
+    state.attempts = {a.id: msgspec.structs.replace(a) for a in data.attempts}
+    rebuild_indices(state)
+    return state
+
+
+def rebuild_indices(state: State) -> None:
+    """Derive every index of ``state`` from its task and attempt records."""
+    state.counts.clear()
+    state.dependents.clear()
+    state.ready.clear()
+    state.aging.clear()
+    state.waiting.clear()
+    state.deadlines.clear()
+    state.running.clear()
+    state.running_by_project.clear()
+    state.running_by_model.clear()
+    state.stops_wanted.clear()
+    state.locks.exclusive.clear()
+    state.locks.shared.clear()
+    aging = []
+    for record in state.tasks.values():
+        spec = record.spec
+        state.counts[record.state] += 1
+        for dep in spec.depends_on:
+            state.dependents.setdefault(dep, []).append(spec.id)
+        if record.state is TaskState.READY:
+            entry = (spec.priority.rank, -spec.score, record.ready_order, spec.id)
+            state.ready.append(entry)
+            aging.append((record.ready_since or 0.0, record.ready_order, spec.id))
+        elif record.state is TaskState.WAITING and record.retry_at is not None:
+            state.waiting.append((record.retry_at, spec.id))
+    heapq.heapify(state.ready)
+    heapq.heapify(state.waiting)
+    aging.sort(key=lambda item: (item[1], item[0]))
+    state.aging.extend(aging)
+    for attempt in state.attempts.values():
+        if attempt.outcome is not None:
+            continue
+        task = state.tasks[attempt.task_id]
+        state.running[attempt.id] = attempt
+        state.running_by_project[task.spec.project] += 1
+        state.running_by_model[model_key(attempt.model)] += 1
+        state.locks.acquire(attempt.id, attempt.resources)
+        if attempt.deadline is not None:
+            state.deadlines.append((attempt.deadline, attempt.id))
+        if task.cancel_requested and attempt.stop_reason is None:
+            state.stops_wanted.add(attempt.id)
+    heapq.heapify(state.deadlines)
