@@ -95,8 +95,7 @@ async def run_until_idle(app: App, *, record_latency: bool = False) -> Any:
     lock = app.run_lock()
     assert lock.try_acquire()
     try:
-        orchestrator = app.orchestrator(record_latency=record_latency)
-        orchestrator.recover()
+        orchestrator, _notes = app.start(record_latency=record_latency)
         orchestrator.check_backends()
         await orchestrator.run(until_idle=True)
         return orchestrator

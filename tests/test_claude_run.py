@@ -96,8 +96,7 @@ async def test_run_refuses_to_start_without_claude_credentials(tmp_path: Path) -
     (tmp_path / "p").mkdir()
     project = ProjectSpec(id=ProjectId("p"), path=str(tmp_path / "p"), agent="claude")
     submit(app, [project], [task("t", "p")])
-    orchestrator = app.orchestrator()
-    orchestrator.recover()
+    orchestrator, _notes = app.start()
     with pytest.raises(Exception, match="credentials") as caught:
         orchestrator.check_backends()
     assert type(caught.value).__name__ == "ConfigError"

@@ -183,8 +183,7 @@ async def test_shutdown_interrupts_agents_and_next_start_requeues_them(tmp_path:
 
     lock = app.run_lock()
     assert lock.try_acquire()
-    orchestrator = app.orchestrator()
-    orchestrator.recover()
+    orchestrator, _notes = app.start()
     run = asyncio.create_task(orchestrator.run(until_idle=True))
     for fifo in fifos:
         assert await _read_fifo(fifo) == "started\n"
@@ -260,8 +259,7 @@ async def test_durable_put_is_acknowledged_only_after_commit(tmp_path: Path) -> 
     submit(app, [project(tmp_path / "p")], [task("t")])
     lock = app.run_lock()
     assert lock.try_acquire()
-    orchestrator = app.orchestrator()
-    orchestrator.recover()
+    orchestrator, _notes = app.start()
     run = asyncio.create_task(orchestrator.run(until_idle=False))
     probe = TaskCancelRequested(at=1.0, task_id="t", reason="probe")  # type: ignore[arg-type]
     await orchestrator.pool.inbox.put_durable(probe)

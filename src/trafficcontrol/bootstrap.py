@@ -19,15 +19,22 @@ import msgspec
 from trafficcontrol.adapters.agents.command import CommandBackend
 from trafficcontrol.adapters.agents.process_group import kill_leftover_group
 from trafficcontrol.adapters.agents.sim import SimBackend
+from trafficcontrol.adapters.stores import recovery
 from trafficcontrol.adapters.stores.run_lock import RunLock
+from trafficcontrol.adapters.stores.snapshot_files import SnapshotStore
 from trafficcontrol.adapters.stores.sqlite import SqliteJournal
 from trafficcontrol.adapters.system_clock import SystemClock
 from trafficcontrol.adapters.workspaces.git import GitWorkspaces
-from trafficcontrol.domain.requests import AnyRequest, plan
-from trafficcontrol.domain.state import State, apply
+from trafficcontrol.domain import snapshot
+from trafficcontrol.domain.events import AnyEvent, RolledBack
+from trafficcontrol.domain.requests import AnyRequest, RollbackRequest, SnapshotRequest, plan
+from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
+from trafficcontrol.domain.state import State
 from trafficcontrol.errors import StoreError, TrafficControlError
 from trafficcontrol.ports import AgentBackend, Clock, RequestResult
 from trafficcontrol.runtime.orchestrator import Orchestrator
+from trafficcontrol.runtime.recovery import interrupt_leftovers
+from trafficcontrol.runtime.snapshotter import Snapshotter
 from trafficcontrol.settings import Settings, load_settings
 
 
@@ -52,6 +59,14 @@ class Home:
     @property
     def lock(self) -> Path:
         return self.root / "run.lock"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
 
     @property
     def config(self) -> Path:
@@ -91,12 +106,26 @@ class App:
             self._journal.close()
             self._journal = None
 
+    def snapshot_files(self) -> SnapshotStore:
+        return SnapshotStore(
+            self.home.snapshots,
+            keep_last=self.settings.run.snapshot_keep,
+            supported_schemas=[snapshot.SCHEMA],
+        )
+
     def read_state(self) -> State:
         """The state as the journal has it now (safe while ``tc run`` works elsewhere)."""
-        state = State()
-        for _seq, event in self.journal().read():
-            apply(state, event)
-        return state
+        return recovery.recover(self.journal(), self.snapshot_files(), repair=False).state
+
+    def recover(self) -> recovery.Recovered:
+        """The state for an orchestrator about to run, with every repair recovery makes.
+        The caller holds the run lock."""
+        notes = recovery.check_wal(self.home.journal, self.home.quarantine)
+        journal = self.journal()
+        notes += recovery.check_integrity(
+            self.home.journal, self.home.quarantine, clean=journal.last_run_clean()
+        )
+        return recovery.recover(journal, self.snapshot_files(), repair=True, notes=notes)
 
     def run_lock(self) -> RunLock:
         return RunLock(self.home.lock)
@@ -111,16 +140,10 @@ class App:
         lock = self.run_lock()
         if lock.try_acquire():
             try:
-                state = self.read_state()
-                try:
-                    event = plan(state, request, self.clock.now())
-                except TrafficControlError as exc:
-                    problems = getattr(exc, "problems", [exc.message])
-                    return RequestResult(ok=False, message=exc.message, details=problems)
-                if event is None:
-                    return RequestResult(ok=True, message="no change")
-                self.journal().append([event])
-                return RequestResult(ok=True, message="accepted")
+                return self._apply_request(request)
+            except TrafficControlError as exc:
+                problems = getattr(exc, "problems", [exc.message])
+                return RequestResult(ok=False, message=exc.message, details=problems)
             finally:
                 lock.release()
         journal = self.journal()
@@ -137,6 +160,49 @@ class App:
             f"the running orchestrator did not answer request {request_id} within {wait_s:.0f}s"
         )
 
+    def _apply_request(self, request: AnyRequest) -> RequestResult:
+        """A request served with no orchestrator running (the caller holds the lock)."""
+        match request:
+            case SnapshotRequest():
+                state = self.recover().state
+                record = self.snapshot_files().write(
+                    snapshot.encode(state),
+                    schema=snapshot.SCHEMA,
+                    seq=state.seq,
+                    instance=f"tc-cli:{os.getpid()}",
+                    now=self.clock.now(),
+                )
+                message = f"snapshot {record.version} written (seq {record.seq}): {record.path}"
+                return RequestResult(ok=True, message=message)
+            case RollbackRequest():
+                return self._rollback_offline(request)
+            case _:
+                event = plan(self.read_state(), request, self.clock.now())
+                if event is None:
+                    return RequestResult(ok=True, message="no change")
+                self.journal().append([event])
+                return RequestResult(ok=True, message="accepted")
+
+    def _rollback_offline(self, request: RollbackRequest) -> RequestResult:
+        state = self.recover().state
+        _meta, payload = self.snapshot_files().read(request.version)
+        try:
+            data = snapshot.decode(payload)
+        except snapshot.SnapshotSchemaError as exc:
+            return RequestResult(ok=False, message=f"snapshot {request.version}: {exc}")
+        details = describe_rollback(plan_rollback(state, data, request.version))
+        if request.dry_run:
+            return RequestResult(ok=True, message="dry run: nothing changed", details=details)
+        now = self.clock.now()
+        events: list[AnyEvent] = list(
+            interrupt_leftovers(state, _kill_leftover(self.settings.run.grace_s), now)
+        )
+        events.append(RolledBack(at=now, version=request.version, snapshot=data))
+        self.journal().append(events)
+        return RequestResult(
+            ok=True, message=f"rolled back to snapshot {request.version}", details=details
+        )
+
     # -- running --------------------------------------------------------------------------
     def backends(self) -> dict[str, AgentBackend]:
         grace = self.settings.run.grace_s
@@ -148,6 +214,7 @@ class App:
         return backends
 
     def orchestrator(self, *, record_latency: bool = False) -> Orchestrator:
+        instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         return Orchestrator(
             journal=self.journal(),
             backends=self.backends(),
@@ -155,11 +222,28 @@ class App:
             clock=self.clock,
             scheduler=self.settings.scheduler(),
             logs_dir=self.home.logs,
-            instance=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            instance=instance,
             kill_leftover=_kill_leftover(self.settings.run.grace_s),
             request_poll_s=self.settings.run.request_poll_s,
             record_latency=record_latency,
+            snapshotter=self._snapshotter(instance),
         )
+
+    def _snapshotter(self, instance: str) -> Snapshotter | None:
+        interval = self.settings.run.snapshot_interval_s
+        if interval <= 0:
+            return None
+        return Snapshotter(
+            self.snapshot_files(), clock=self.clock, interval_s=interval, instance=instance
+        )
+
+    def start(self, *, record_latency: bool = False) -> tuple[Orchestrator, list[str]]:
+        """An orchestrator with its recovered state, and what recovery found.
+        The caller holds the run lock."""
+        recovered = self.recover()
+        orchestrator = self.orchestrator(record_latency=record_latency)
+        orchestrator.recover(recovered.state)
+        return orchestrator, recovered.notes
 
 
 def _claude_backend(app: App) -> AgentBackend:

@@ -172,3 +172,30 @@ class Journal(Protocol):
     def request_result(self, request_id: int) -> RequestResult | None: ...
 
     def close(self) -> None: ...
+
+
+# -- snapshots ---------------------------------------------------------------------------
+class SnapshotRecord(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def path(self) -> Path: ...
+
+
+class SnapshotFiles(Protocol):
+    """Where snapshots are kept. Blocking calls: the runtime runs them in a thread."""
+
+    def write(
+        self, payload: bytes, *, schema: int, seq: int, instance: str, now: float
+    ) -> SnapshotRecord:
+        """Write atomically (temp file, fsync, rename, fsync the directory), then apply
+        retention."""
+        ...
+
+    def read(self, version: int) -> tuple[SnapshotRecord, bytes]:
+        """The validated payload of one snapshot; raises ``StoreError`` naming the file."""
+        ...

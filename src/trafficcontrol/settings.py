@@ -31,6 +31,11 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Between SIGTERM and SIGKILL when an agent is stopped."""
     request_poll_s: float = 0.2
     """How often a running orchestrator looks for requests from other tc commands."""
+    snapshot_interval_s: float = 300.0
+    """A snapshot of the state every this many seconds while running (0: never); also
+    one at every clean stop."""
+    snapshot_keep: int = 12
+    """Snapshots kept: the newest N, plus the newest of each day for a week."""
 
 
 class ClaudeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

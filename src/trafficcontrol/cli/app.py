@@ -211,12 +211,13 @@ def run_app(app_: App, *, max_agents: int | None, forever: bool, live: bool | No
     if not lock.try_acquire():
         fail(f"another tc run is already working on {app_.home.root}")
     try:
-        orchestrator = app_.orchestrator()
         try:
-            orchestrator.recover()
+            orchestrator, notes = app_.start()
             orchestrator.check_backends()
         except TrafficControlError as exc:
             fail(exc.message, code=2)
+        for note in notes:
+            err.print(f"[yellow]recovery:[/] {note}", highlight=False)
         show_live = out.is_terminal if live is None else live
         try:
             asyncio.run(_run(orchestrator, forever=forever, show_live=show_live))

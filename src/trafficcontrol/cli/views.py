@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from trafficcontrol.domain.model import SIMULATED_LABEL, TaskState, Usage
-from trafficcontrol.domain.state import AttemptRecord, State, TaskRecord
+from trafficcontrol.domain.records import AttemptRecord, TaskRecord
+from trafficcontrol.domain.state import State
 
 STATE_STYLE = {
     TaskState.PENDING: "dim",

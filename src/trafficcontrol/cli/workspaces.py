@@ -18,7 +18,8 @@ from trafficcontrol.adapters.workspaces.git import GitWorkspaces
 from trafficcontrol.bootstrap import App
 from trafficcontrol.cli.app import emit_json, existing_state, fail, out
 from trafficcontrol.domain.model import Outcome
-from trafficcontrol.domain.state import AttemptRecord, State
+from trafficcontrol.domain.records import AttemptRecord
+from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
 
 

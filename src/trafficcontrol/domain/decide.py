@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import msgspec
 
 from trafficcontrol.domain.heaps import iter_sorted
+from trafficcontrol.domain.interrupts import resumable
 from trafficcontrol.domain.locks import TentativeLocks
 from trafficcontrol.domain.model import AttemptId, ProjectId, StopReason, TaskId, TaskState
 from trafficcontrol.domain.state import State, model_key
@@ -46,6 +47,7 @@ class Dispatch(msgspec.Struct, frozen=True):
     model: str | None
     resources: tuple[str, ...]
     deadline: float | None
+    resume_of: AttemptId | None = None
 
 
 class StopAttempt(msgspec.Struct, frozen=True):
@@ -127,15 +129,17 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
         by_model[key] = by_model.get(key, 0) + 1
         no = len(record.attempts) + 1
         timeout = spec.timeout_s if spec.timeout_s is not None else project.timeout_s
+        resumed = resumable(state, task_id)
         out.append(
             Dispatch(
                 task_id=task_id,
                 attempt_id=attempt_id_for(task_id, no),
                 attempt_no=no,
-                backend=spec.agent or project.agent or config.default_backend,
+                backend=resumed.backend if resumed else spec.agent or project.agent,
                 model=model,
                 resources=resources,
                 deadline=None if timeout is None else now + timeout,
+                resume_of=resumed.id if resumed else None,
             )
         )
         free -= 1

@@ -18,6 +18,7 @@ from trafficcontrol.domain.model import (
     TaskSpec,
     Usage,
 )
+from trafficcontrol.domain.records import SnapshotData
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
@@ -43,6 +44,8 @@ class AttemptDispatched(Event, tag="attempt_dispatched", frozen=True):
     resources: tuple[str, ...]
     deadline: float | None
     log_path: str
+    resume_of: AttemptId | None = None
+    """The interrupted attempt this one continues (same worktree, same agent session)."""
 
 
 class WorkspacePrepared(Event, tag="workspace_prepared", frozen=True):
@@ -96,6 +99,13 @@ class TaskWoken(Event, tag="task_woken", frozen=True):
     task_id: TaskId
 
 
+class RolledBack(Event, tag="rolled_back", frozen=True):
+    """The state becomes the snapshot's (attempt history is kept; see ``rollback``)."""
+
+    version: int
+    snapshot: SnapshotData
+
+
 class OrchestratorStarted(Event, tag="orchestrator_started", frozen=True):
     instance: str
     pid: int
@@ -119,4 +129,5 @@ AnyEvent = (
     | TaskWoken
     | OrchestratorStarted
     | OrchestratorStopped
+    | RolledBack
 )

@@ -66,6 +66,19 @@ class StopReason(StrEnum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
+    ROLLBACK = "rollback"
+
+
+class OnInterrupt(StrEnum):
+    """What happens to an attempt that the orchestrator's stop or death interrupted."""
+
+    RESTART = "restart"
+    """A new attempt from scratch (a fresh worktree)."""
+    RESUME = "resume"
+    """Continue the work: claude resumes the same session in the same worktree; command
+    runs ``resume_command`` in the same worktree."""
+    FAIL = "fail"
+    """The task fails; a human decides."""
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +146,9 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     allowed_tools: list[str] | None = None
     max_turns: int | None = None
     system_prompt: str | None = None
+    resume_command: list[str] | None = None
+    """argv template that continues an interrupted ``command`` attempt (on_interrupt =
+    "resume"); same placeholders as ``command``, run in the interrupted attempt's worktree."""
     sim: SimSettings | None = None
 
     def over(self, base: AgentSettings | None) -> AgentSettings:
@@ -161,6 +177,8 @@ class ProjectSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     """For a project that is not a git repository: its tasks take an exclusive lock on it."""
     timeout_s: float | None = None
     max_attempts: int = 1
+    on_interrupt: OnInterrupt | None = None
+    """None: resume for claude (same session), restart for the other backends."""
     settings: AgentSettings = msgspec.field(default_factory=AgentSettings)
 
 
@@ -180,6 +198,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     timeout_s: float | None = None
     max_attempts: int | None = None
     """Attempts before the task fails for good (None: the project's)."""
+    on_interrupt: OnInterrupt | None = None
+    """None: the project's setting."""
     retry_backoff_s: float = 5.0
     """Wait before attempt n+1 is ``retry_backoff_s * 2**(n-1)``."""
     settings: AgentSettings | None = None

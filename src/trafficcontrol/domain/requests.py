@@ -41,7 +41,16 @@ class RetryRequest(msgspec.Struct, frozen=True, tag="retry"):
     task_id: TaskId
 
 
-AnyRequest = SubmitRequest | CancelRequest | RetryRequest
+class SnapshotRequest(msgspec.Struct, frozen=True, tag="snapshot"):
+    """Write a snapshot now (``tc snapshot create``)."""
+
+
+class RollbackRequest(msgspec.Struct, frozen=True, tag="rollback"):
+    version: int
+    dry_run: bool = False
+
+
+AnyRequest = SubmitRequest | CancelRequest | RetryRequest | SnapshotRequest | RollbackRequest
 
 request_decoder = msgspec.json.Decoder(AnyRequest)
 
@@ -105,7 +114,11 @@ def plan_retry(state: State, request: RetryRequest, now: float) -> TaskRetryRequ
     return TaskRetryRequested(at=now, task_id=request.task_id)
 
 
-def plan(state: State, request: AnyRequest, now: float) -> AnyEvent | None:
+def plan(
+    state: State, request: SubmitRequest | CancelRequest | RetryRequest, now: float
+) -> AnyEvent | None:
+    """The event a submit, cancel or retry turns into (snapshot and rollback requests
+    need the shell: they are served there)."""
     match request:
         case SubmitRequest():
             return plan_submit(state, request, now)

@@ -14,31 +14,19 @@ Older schemas load through ``MIGRATIONS``: each entry turns the builtins of sche
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from trafficcontrol.domain.model import ProjectSpec, TaskState
-from trafficcontrol.domain.state import AttemptRecord, State, TaskRecord, model_key
+from trafficcontrol.domain.records import SnapshotData
+from trafficcontrol.domain.state import State, rebuild_indices
 
 SCHEMA = 1
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 MIGRATIONS: dict[int, Migration] = {}
 """schema n -> function from schema n's builtins to schema n + 1's."""
-
-
-class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):
-    schema: int
-    seq: int
-    next_ready_order: int
-    instance: str | None
-    running_orchestrator: bool
-    projects: list[ProjectSpec]
-    tasks: list[TaskRecord]
-    attempts: list[AttemptRecord]
 
 
 class SnapshotSchemaError(ValueError):
@@ -111,48 +99,3 @@ def restore(data: SnapshotData) -> State:
     state.attempts = {a.id: msgspec.structs.replace(a) for a in data.attempts}
     rebuild_indices(state)
     return state
-
-
-def rebuild_indices(state: State) -> None:
-    """Derive every index of ``state`` from its task and attempt records."""
-    state.counts.clear()
-    state.dependents.clear()
-    state.ready.clear()
-    state.aging.clear()
-    state.waiting.clear()
-    state.deadlines.clear()
-    state.running.clear()
-    state.running_by_project.clear()
-    state.running_by_model.clear()
-    state.stops_wanted.clear()
-    state.locks.exclusive.clear()
-    state.locks.shared.clear()
-    aging = []
-    for record in state.tasks.values():
-        spec = record.spec
-        state.counts[record.state] += 1
-        for dep in spec.depends_on:
-            state.dependents.setdefault(dep, []).append(spec.id)
-        if record.state is TaskState.READY:
-            entry = (spec.priority.rank, -spec.score, record.ready_order, spec.id)
-            state.ready.append(entry)
-            aging.append((record.ready_since or 0.0, record.ready_order, spec.id))
-        elif record.state is TaskState.WAITING and record.retry_at is not None:
-            state.waiting.append((record.retry_at, spec.id))
-    heapq.heapify(state.ready)
-    heapq.heapify(state.waiting)
-    aging.sort(key=lambda item: (item[1], item[0]))
-    state.aging.extend(aging)
-    for attempt in state.attempts.values():
-        if attempt.outcome is not None:
-            continue
-        task = state.tasks[attempt.task_id]
-        state.running[attempt.id] = attempt
-        state.running_by_project[task.spec.project] += 1
-        state.running_by_model[model_key(attempt.model)] += 1
-        state.locks.acquire(attempt.id, attempt.resources)
-        if attempt.deadline is not None:
-            state.deadlines.append((attempt.deadline, attempt.id))
-        if task.cancel_requested and attempt.stop_reason is None:
-            state.stops_wanted.add(attempt.id)
-    heapq.heapify(state.deadlines)

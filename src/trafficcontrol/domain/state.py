@@ -33,6 +33,7 @@ from trafficcontrol.domain.events import (
     BacklogSubmitted,
     OrchestratorStarted,
     OrchestratorStopped,
+    RolledBack,
     TaskCancelRequested,
     TaskRetryRequested,
     TaskWoken,
@@ -41,58 +42,15 @@ from trafficcontrol.domain.events import (
 from trafficcontrol.domain.locks import LockTable
 from trafficcontrol.domain.model import (
     AttemptId,
+    OnInterrupt,
     Outcome,
     ProjectId,
     ProjectSpec,
-    StopReason,
     TaskId,
     TaskSpec,
     TaskState,
-    Usage,
 )
-
-
-class TaskRecord(msgspec.Struct, kw_only=True):
-    spec: TaskSpec
-    state: TaskState
-    unfinished_deps: int
-    attempts: list[AttemptId] = msgspec.field(default_factory=list)
-    failures: int = 0
-    """Failed attempts since the task was (re)submitted or retried by hand."""
-    retry_at: float | None = None
-    ready_order: int = -1
-    ready_since: float | None = None
-    submitted_at: float = 0.0
-    finished_at: float | None = None
-    cancel_requested: bool = False
-    last_error: str | None = None
-
-
-class AttemptRecord(msgspec.Struct, kw_only=True):
-    id: AttemptId
-    task_id: TaskId
-    no: int
-    backend: str
-    model: str | None
-    resources: tuple[str, ...]
-    started_at: float
-    deadline: float | None
-    log_path: str
-    ended_at: float | None = None
-    outcome: Outcome | None = None
-    exit_code: int | None = None
-    error: str | None = None
-    usage: Usage | None = None
-    session_id: str | None = None
-    workdir: str | None = None
-    branch: str | None = None
-    base_commit: str | None = None
-    pid: int | None = None
-    pgid: int | None = None
-    create_time: float | None = None
-    stop_reason: StopReason | None = None
-    simulated: bool = False
-
+from trafficcontrol.domain.records import AttemptRecord, TaskRecord
 
 ReadyEntry = tuple[int, float, int, TaskId]
 
@@ -142,6 +100,53 @@ class State:
 
 def model_key(model: str | None) -> str:
     return model or "default"
+
+
+def rebuild_indices(state: State) -> None:
+    """Derive every index of ``state`` from its task and attempt records."""
+    state.counts.clear()
+    state.dependents.clear()
+    state.ready.clear()
+    state.aging.clear()
+    state.waiting.clear()
+    state.deadlines.clear()
+    state.running.clear()
+    state.running_by_project.clear()
+    state.running_by_model.clear()
+    state.stops_wanted.clear()
+    state.locks.exclusive.clear()
+    state.locks.shared.clear()
+    aging = []
+    for record in state.tasks.values():
+        spec = record.spec
+        state.counts[record.state] += 1
+        for dep in spec.depends_on:
+            state.dependents.setdefault(dep, []).append(spec.id)
+        if record.state is TaskState.READY:
+            entry = (spec.priority.rank, -spec.score, record.ready_order, spec.id)
+            state.ready.append(entry)
+            aging.append((record.ready_since or 0.0, record.ready_order, spec.id))
+        elif record.state is TaskState.WAITING and record.retry_at is not None:
+            state.waiting.append((record.retry_at, spec.id))
+    heapq.heapify(state.ready)
+    heapq.heapify(state.waiting)
+    aging.sort(key=lambda item: (item[1], item[0]))
+    state.aging.extend(aging)
+    for attempt in state.attempts.values():
+        if attempt.outcome is not None:
+            continue
+        task = state.tasks[attempt.task_id]
+        if task.state is not TaskState.RUNNING or task.attempts[-1] != attempt.id:
+            continue  # not live: a rollback's shell stops such attempts before it
+        state.running[attempt.id] = attempt
+        state.running_by_project[task.spec.project] += 1
+        state.running_by_model[model_key(attempt.model)] += 1
+        state.locks.acquire(attempt.id, attempt.resources)
+        if attempt.deadline is not None:
+            state.deadlines.append((attempt.deadline, attempt.id))
+        if task.cancel_requested and attempt.stop_reason is None:
+            state.stops_wanted.add(attempt.id)
+    heapq.heapify(state.deadlines)
 
 
 # -- transitions ----------------------------------------------------------------
@@ -206,6 +211,7 @@ def _apply_dispatched(state: State, event: AttemptDispatched) -> None:
         started_at=event.at,
         deadline=event.deadline,
         log_path=event.log_path,
+        resume_of=event.resume_of,
     )
     state.attempts[attempt.id] = attempt
     record.attempts.append(attempt.id)
@@ -262,7 +268,11 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
     elif outcome is Outcome.CANCELLED or record.cancel_requested:
         _finish_task(state, record, TaskState.CANCELLED, event.at)
     elif outcome is Outcome.INTERRUPTED:
-        _make_ready(state, record, event.at)
+        if interrupt_policy(state, record.spec.id, attempt.backend) is OnInterrupt.FAIL:
+            record.last_error = f"interrupted ({event.error}); on_interrupt = fail"
+            _finish_task(state, record, TaskState.FAILED, event.at)
+        else:
+            _make_ready(state, record, event.at)
     else:
         record.failures += 1
         limit = max_attempts(state, record.spec)
@@ -273,6 +283,16 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
             delay = record.spec.retry_backoff_s * 2 ** (record.failures - 1)
             record.retry_at = event.at + delay
             heapq.heappush(state.waiting, (record.retry_at, record.spec.id))
+
+
+def interrupt_policy(state: State, task_id: TaskId, backend: str) -> OnInterrupt:
+    """The task's on_interrupt, else its project's, else resume for claude (its session
+    survives) and restart for the other backends."""
+    spec = state.tasks[task_id].spec
+    policy = spec.on_interrupt or state.projects[spec.project].on_interrupt
+    if policy is not None:
+        return policy
+    return OnInterrupt.RESUME if backend == "claude" else OnInterrupt.RESTART
 
 
 def max_attempts(state: State, spec: TaskSpec) -> int:
@@ -326,6 +346,38 @@ def _apply_stop(state: State, event: AttemptStopRequested) -> None:
     state.stops_wanted.discard(attempt.id)
 
 
+def _apply_rollback(state: State, event: RolledBack) -> None:
+    """Tasks and projects become the snapshot's; attempt history is kept.
+
+    The shell stopped first every agent whose task this changes. A task that was
+    running in the snapshot but whose attempt has ended since is ready again (that
+    attempt's outcome stays in its history); tasks submitted after the snapshot leave
+    the state (the journal keeps them). Attempt numbers continue where they were, so
+    an attempt id is never reused.
+    """
+    data = event.snapshot
+    current_tasks = state.tasks
+    tasks: dict[TaskId, TaskRecord] = {}
+    for snap in data.tasks:
+        record = msgspec.structs.replace(snap, attempts=list(snap.attempts))
+        now_record = current_tasks.get(record.spec.id)
+        if now_record is not None:
+            record.attempts = list(now_record.attempts)
+        if record.state is TaskState.RUNNING:
+            live = state.attempts.get(snap.attempts[-1]) if snap.attempts else None
+            if live is None or live.outcome is not None:
+                record.state = TaskState.READY
+                record.ready_order = state.next_ready_order
+                record.ready_since = event.at
+                state.next_ready_order += 1
+        tasks[record.spec.id] = record
+    state.tasks = tasks
+    state.projects = {p.id: p for p in data.projects}
+    state.attempts = {a: r for a, r in state.attempts.items() if r.task_id in tasks}
+    state.next_ready_order = max(state.next_ready_order, data.next_ready_order)
+    rebuild_indices(state)
+
+
 def apply(state: State, event: AnyEvent) -> State:
     """Fold one event into the state (in place) and return it."""
     match event:
@@ -358,6 +410,8 @@ def apply(state: State, event: AnyEvent) -> State:
             state.running_orchestrator = True
         case OrchestratorStopped():
             state.running_orchestrator = False
+        case RolledBack():
+            _apply_rollback(state, event)
     state.seq += 1
     return state
 

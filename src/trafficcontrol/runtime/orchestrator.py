@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.decide import (
     Dispatch,
     SchedulerConfig,
@@ -35,23 +36,29 @@ from trafficcontrol.domain.decide import (
 from trafficcontrol.domain.events import (
     AnyEvent,
     AttemptDispatched,
-    AttemptFinished,
     AttemptStopRequested,
     OrchestratorStarted,
     OrchestratorStopped,
+    RolledBack,
     TaskWoken,
 )
-from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskState
-from trafficcontrol.domain.requests import plan, request_decoder
+from trafficcontrol.domain.model import AttemptId, StopReason, TaskState
+from trafficcontrol.domain.requests import (
+    RollbackRequest,
+    SnapshotRequest,
+    plan,
+    request_decoder,
+)
+from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import ConfigError, StoreError, TrafficControlError
 from trafficcontrol.ports import AgentBackend, Clock, Journal, RequestResult, Workspaces
 from trafficcontrol.runtime.pool import AgentPool
+from trafficcontrol.runtime.recovery import LeftoverKiller, interrupt_leftovers
+from trafficcontrol.runtime.snapshotter import Snapshotter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-LeftoverKiller = Callable[[int, int, float], bool]
 
 
 class Orchestrator:
@@ -68,6 +75,7 @@ class Orchestrator:
         kill_leftover: LeftoverKiller,
         request_poll_s: float = 0.2,
         record_latency: bool = False,
+        snapshotter: Snapshotter | None = None,
     ) -> None:
         self._journal = journal
         self._backends = backends
@@ -86,13 +94,16 @@ class Orchestrator:
             state=self.state,
             record_latency=record_latency,
         )
+        self.snapshotter = snapshotter
         self._stopping = False
         self._last_poll = float("-inf")
 
     # -- lifecycle --------------------------------------------------------------------
-    def recover(self) -> State:
-        """Fold the whole journal into a fresh state."""
-        for _seq, event in self._journal.read():
+    def recover(self, base: State | None = None) -> State:
+        """Fold the journal into ``base`` (a restored snapshot) or into a fresh state."""
+        if base is not None:
+            self.state = self.pool.state = base
+        for _seq, event in self._journal.read(after=self.state.seq):
             apply(self.state, event)
         return self.state
 
@@ -121,6 +132,8 @@ class Orchestrator:
                 await self._step()
                 if self._stopping or (until_idle and self._idle()):
                     break
+                if self.snapshotter is not None:
+                    self.snapshotter.maybe_start(self.state)
                 await self._wait()
             await self._shutdown()
         finally:
@@ -128,24 +141,12 @@ class Orchestrator:
             self._io.shutdown(wait=True)
 
     async def _start(self) -> None:
-        events: list[AnyEvent] = []
         previous_clean = not self.state.running_orchestrator
-        for attempt in list(self.state.running.values()):
-            note = "the orchestrator stopped before the attempt ended"
-            if attempt.pid is not None and attempt.pgid is not None:
-                killed = await self._blocking(
-                    self._kill_leftover, attempt.pid, attempt.pgid, attempt.create_time or 0.0
-                )
-                if killed:
-                    note += "; its leftover process group was killed"
-            events.append(
-                AttemptFinished(
-                    at=self._clock.now(),
-                    attempt_id=attempt.id,
-                    outcome=Outcome.INTERRUPTED,
-                    error=note,
-                )
+        events: list[AnyEvent] = list(
+            await asyncio.to_thread(
+                interrupt_leftovers, self.state, self._kill_leftover, self._clock.now()
             )
+        )
         events.append(
             OrchestratorStarted(
                 at=self._clock.now(),
@@ -207,16 +208,69 @@ class Orchestrator:
         for request in requests:
             try:
                 decoded = request_decoder.decode(request.body)
-                event = plan(self.state, decoded, self._clock.now())
-                if event is not None:
-                    await self._commit([event])
-                result = RequestResult(ok=True, message="accepted" if event else "no change")
+                match decoded:
+                    case SnapshotRequest():
+                        result = await self._snapshot_now()
+                    case RollbackRequest():
+                        result = await self._rollback(decoded)
+                    case _:
+                        event = plan(self.state, decoded, self._clock.now())
+                        if event is not None:
+                            await self._commit([event])
+                        message = "accepted" if event else "no change"
+                        result = RequestResult(ok=True, message=message)
             except TrafficControlError as exc:
                 problems = getattr(exc, "problems", [exc.message])
                 result = RequestResult(ok=False, message=exc.message, details=problems)
             except ValueError as exc:  # msgspec.DecodeError: a malformed request row
                 result = RequestResult(ok=False, message=f"malformed request: {exc}")
             await self._blocking(self._journal.finish_request, request.id, result)
+
+    async def _snapshot_now(self) -> RequestResult:
+        if self.snapshotter is None:
+            return RequestResult(ok=False, message="snapshots are off (snapshot_interval_s = 0)")
+        record = await self.snapshotter.take(self.state)
+        if record is None:
+            return RequestResult(ok=False, message=self.snapshotter.last_error or "failed")
+        return RequestResult(
+            ok=True, message=f"snapshot {record.version} written (seq {record.seq}): {record.path}"
+        )
+
+    async def _rollback(self, request: RollbackRequest) -> RequestResult:
+        """Stop the agents the rollback affects, then journal ``RolledBack``."""
+        if self.snapshotter is None:
+            return RequestResult(ok=False, message="snapshots are off (snapshot_interval_s = 0)")
+        _record, payload = await asyncio.to_thread(self.snapshotter.files.read, request.version)
+        try:
+            data = snapshot.decode(payload)
+        except snapshot.SnapshotSchemaError as exc:
+            return RequestResult(ok=False, message=f"snapshot {request.version}: {exc}")
+        rollback = plan_rollback(self.state, data, request.version)
+        details = describe_rollback(rollback)
+        if request.dry_run:
+            return RequestResult(ok=True, message="dry run: nothing changed", details=details)
+        now = self._clock.now()
+        await self._commit(
+            [
+                AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.ROLLBACK)
+                for aid in rollback.stops
+                if self.state.running[aid].stop_reason is None
+            ]
+        )
+        for aid in rollback.stops:
+            self.pool.stop(aid, StopReason.ROLLBACK)
+        await self.pool.wait_for(rollback.stops)
+        events, waiters = self.pool.inbox.take()
+        await self._commit(events)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        await self._commit(
+            [RolledBack(at=self._clock.now(), version=request.version, snapshot=data)]
+        )
+        return RequestResult(
+            ok=True, message=f"rolled back to snapshot {request.version}", details=details
+        )
 
     def _idle(self) -> bool:
         counts = self.state.counts
@@ -251,6 +305,9 @@ class Orchestrator:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if self.snapshotter is not None:
+            await self.snapshotter.drain()
+            await self.snapshotter.take(self.state)
 
     # -- journal ------------------------------------------------------------------------
     async def _commit(self, events: list[AnyEvent]) -> None:

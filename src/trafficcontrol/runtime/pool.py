@@ -15,6 +15,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import msgspec
+
 from trafficcontrol.domain.decide import Dispatch
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
@@ -23,6 +25,7 @@ from trafficcontrol.domain.events import (
     AttemptFinished,
     WorkspacePrepared,
 )
+from trafficcontrol.domain.interrupts import settings_of
 from trafficcontrol.domain.model import AttemptId, Outcome, StopReason
 from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
@@ -35,6 +38,7 @@ _STOPPED_OUTCOME = {
     StopReason.CANCELLED: Outcome.CANCELLED,
     StopReason.TIMEOUT: Outcome.TIMED_OUT,
     StopReason.SHUTDOWN: Outcome.INTERRUPTED,
+    StopReason.ROLLBACK: Outcome.INTERRUPTED,
 }
 
 
@@ -81,7 +85,7 @@ class AgentPool:
         self._workspaces = workspaces
         self._clock = clock
         self._logs_root = str(logs_dir)
-        self._state = state
+        self.state = state
         self._tasks: dict[AttemptId, asyncio.Task[None]] = {}
         self._stop_reasons: dict[AttemptId, StopReason] = {}
         self.latencies: list[float] | None = [] if record_latency else None
@@ -101,10 +105,11 @@ class AgentPool:
             resources=command.resources,
             deadline=command.deadline,
             log_path=log_path,
+            resume_of=command.resume_of,
         )
 
     def start(self, event: AttemptDispatched) -> None:
-        ready_since = self._state.tasks[event.task_id].ready_since
+        ready_since = self.state.tasks[event.task_id].ready_since
         task = asyncio.create_task(self._run(event, ready_since), name=f"agent:{event.attempt_id}")
         self._tasks[event.attempt_id] = task
         task.add_done_callback(self._forget)
@@ -122,6 +127,11 @@ class AgentPool:
 
     def running(self) -> int:
         return len(self._tasks)
+
+    async def wait_for(self, attempt_ids: list[AttemptId]) -> None:
+        tasks = [self._tasks[a] for a in attempt_ids if a in self._tasks]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def wait_all(self) -> None:
         if self._tasks:
@@ -143,7 +153,7 @@ class AgentPool:
             error = {
                 Outcome.TIMED_OUT: f"timed out (deadline {event.deadline})",
                 Outcome.CANCELLED: "cancelled",
-                Outcome.INTERRUPTED: "interrupted by orchestrator shutdown",
+                Outcome.INTERRUPTED: f"interrupted ({reason})",
             }[outcome]
             result_event = AttemptFinished(
                 at=self._clock.now(), attempt_id=attempt_id, outcome=outcome, error=error
@@ -168,10 +178,16 @@ class AgentPool:
     async def _attempt(
         self, event: AttemptDispatched, ready_since: float | None
     ) -> AttemptFinished:
-        state = self._state
+        state = self.state
         spec = state.tasks[event.task_id].spec
         project = state.projects[spec.project]
-        if project.is_git:
+        resumed = state.attempts[event.resume_of] if event.resume_of else None
+        if resumed is not None and resumed.workdir is not None:
+            # Resuming: the interrupted attempt's worktree holds the work done so far.
+            workspace = Workspace(
+                path=Path(resumed.workdir), branch=resumed.branch, base_commit=resumed.base_commit
+            )
+        elif project.is_git:
             workspace = await asyncio.to_thread(
                 self._workspaces.prepare, project, spec.id, event.attempt_no
             )
@@ -186,9 +202,12 @@ class AgentPool:
                 base_commit=workspace.base_commit,
             )
         )
-        settings = (
-            project.settings if spec.settings is None else spec.settings.over(project.settings)
-        )
+        settings = settings_of(state, spec.id)
+        resume_session_id = None
+        if resumed is not None:
+            if event.backend == "command" and settings.resume_command:
+                settings = msgspec.structs.replace(settings, command=settings.resume_command)
+            resume_session_id = resumed.session_id
         request = AgentRequest(
             attempt_id=event.attempt_id,
             task_id=spec.id,
@@ -200,6 +219,7 @@ class AgentPool:
             log_path=Path(event.log_path),
             model=event.model,
             settings=settings,
+            resume_session_id=resume_session_id,
         )
         backend = self._backends[event.backend]
         if self.latencies is not None and ready_since is not None:

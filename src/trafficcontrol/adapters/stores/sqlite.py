@@ -105,6 +105,14 @@ class SqliteJournal:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read the journal: {exc}") from exc
 
+    def last_run_clean(self) -> bool | None:
+        """Whether the last orchestrator journaled its clean stop (None: none ever ran)."""
+        row = self._db.execute(
+            "SELECT type FROM events WHERE type IN ('orchestrator_started', 'orchestrator_stopped')"
+            " ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else row[0] == "orchestrator_stopped"
+
     def last_seq(self) -> int:
         return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 

@@ -1,0 +1,37 @@
+"""What an interrupted attempt leads to: restart, resume or fail. Pure.
+
+An attempt is interrupted when the orchestrator stops it on shutdown or dies while
+it runs (the next start journals it as interrupted). Resuming hands the interrupted
+attempt's worktree to the next attempt of the same task — the only case where a
+worktree passes from one attempt to another, on purpose, to keep the work done.
+"""
+
+from __future__ import annotations
+
+from trafficcontrol.domain.model import AgentSettings, OnInterrupt, Outcome, TaskId
+from trafficcontrol.domain.records import AttemptRecord
+from trafficcontrol.domain.state import State, interrupt_policy
+
+
+def settings_of(state: State, task_id: TaskId) -> AgentSettings:
+    """The task's agent settings over its project's."""
+    spec = state.tasks[task_id].spec
+    project = state.projects[spec.project]
+    return project.settings if spec.settings is None else spec.settings.over(project.settings)
+
+
+def resumable(state: State, task_id: TaskId) -> AttemptRecord | None:
+    """The interrupted attempt the task's next attempt should continue, if any."""
+    record = state.tasks[task_id]
+    if not record.attempts:
+        return None
+    last = state.attempts[record.attempts[-1]]
+    if last.outcome is not Outcome.INTERRUPTED or last.workdir is None:
+        return None
+    if interrupt_policy(state, task_id, last.backend) is not OnInterrupt.RESUME:
+        return None
+    if last.backend == "claude" and last.session_id is not None:
+        return last
+    if last.backend == "command" and settings_of(state, task_id).resume_command:
+        return last
+    return None

@@ -1,0 +1,77 @@
+"""The records the state is made of, and the snapshot schema that carries them.
+
+Kept apart from ``state.py`` so that events (a rollback carries a snapshot) can name
+them without a cycle.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from trafficcontrol.domain.model import (
+    AttemptId,
+    Outcome,
+    ProjectSpec,
+    StopReason,
+    TaskId,
+    TaskSpec,
+    TaskState,
+    Usage,
+)
+
+
+class TaskRecord(msgspec.Struct, kw_only=True):
+    spec: TaskSpec
+    state: TaskState
+    unfinished_deps: int
+    attempts: list[AttemptId] = msgspec.field(default_factory=list)
+    failures: int = 0
+    """Failed attempts since the task was (re)submitted or retried by hand."""
+    retry_at: float | None = None
+    ready_order: int = -1
+    ready_since: float | None = None
+    submitted_at: float = 0.0
+    finished_at: float | None = None
+    cancel_requested: bool = False
+    last_error: str | None = None
+
+
+class AttemptRecord(msgspec.Struct, kw_only=True):
+    id: AttemptId
+    task_id: TaskId
+    no: int
+    backend: str
+    model: str | None
+    resources: tuple[str, ...]
+    started_at: float
+    deadline: float | None
+    log_path: str
+    ended_at: float | None = None
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    usage: Usage | None = None
+    session_id: str | None = None
+    workdir: str | None = None
+    branch: str | None = None
+    base_commit: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    create_time: float | None = None
+    stop_reason: StopReason | None = None
+    simulated: bool = False
+    resume_of: AttemptId | None = None
+    """The interrupted attempt this one continued."""
+
+
+class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):
+    """Schema of a snapshot: what the journal would rebuild, without derived indices."""
+
+    schema: int
+    seq: int
+    next_ready_order: int
+    instance: str | None
+    running_orchestrator: bool
+    projects: list[ProjectSpec]
+    tasks: list[TaskRecord]
+    attempts: list[AttemptRecord]
