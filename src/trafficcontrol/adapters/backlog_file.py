@@ -29,6 +29,7 @@ import msgspec
 from trafficcontrol.adapters.workspaces.git import is_git_repo
 from trafficcontrol.domain.model import (
     AgentSettings,
+    OnInterrupt,
     Priority,
     ProjectId,
     ProjectSpec,
@@ -39,7 +40,15 @@ from trafficcontrol.domain.model import (
 from trafficcontrol.domain.requests import SubmitRequest
 from trafficcontrol.errors import BacklogError
 
-_AGENT_FIELDS = ("command", "env", "permission_mode", "allowed_tools", "max_turns", "system_prompt")
+_AGENT_FIELDS = (
+    "command",
+    "resume_command",
+    "env",
+    "permission_mode",
+    "allowed_tools",
+    "max_turns",
+    "system_prompt",
+)
 
 
 class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,6 +67,7 @@ class SimEntry(_Strict, frozen=True, kw_only=True):
 
 class _AgentEntry(_Strict, frozen=True, kw_only=True):
     command: list[str] | None = None
+    resume_command: list[str] | None = None
     env: dict[str, str] | None = None
     permission_mode: str | None = None
     allowed_tools: list[str] | None = None
@@ -75,6 +85,7 @@ class ProjectEntry(_AgentEntry, frozen=True, kw_only=True):
     lock_in_place: bool = True
     timeout: float | None = None
     max_attempts: int = 1
+    on_interrupt: OnInterrupt | None = None
 
 
 class TaskEntry(_AgentEntry, frozen=True, kw_only=True):
@@ -90,6 +101,7 @@ class TaskEntry(_AgentEntry, frozen=True, kw_only=True):
     model: str | None = None
     timeout: float | None = None
     max_attempts: int | None = None
+    on_interrupt: OnInterrupt | None = None
     retry_backoff: float = 5.0
 
 
@@ -179,6 +191,7 @@ def to_request(parsed: BacklogFile, *, base: Path, source: str) -> SubmitRequest
                 lock_in_place=entry.lock_in_place,
                 timeout_s=entry.timeout,
                 max_attempts=entry.max_attempts,
+                on_interrupt=entry.on_interrupt,
                 settings=_settings(entry) or AgentSettings(),
             )
         )
@@ -198,6 +211,7 @@ def to_request(parsed: BacklogFile, *, base: Path, source: str) -> SubmitRequest
             model=entry.model,
             timeout_s=entry.timeout,
             max_attempts=entry.max_attempts,
+            on_interrupt=entry.on_interrupt,
             retry_backoff_s=entry.retry_backoff,
             settings=_settings(entry),
         )

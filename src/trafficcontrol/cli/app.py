@@ -411,4 +411,7 @@ def demo(
 
 
 def main() -> None:
+    from trafficcontrol.cli import snapshots
+
+    snapshots.register(app)
     app()
