@@ -148,13 +148,21 @@ def _explain(exc: msgspec.ValidationError, data: dict[str, Any]) -> str:
     return _WHERE.sub(name, message)
 
 
-def read_backlog(path: Path) -> SubmitRequest:
+def read_backlog(path: Path, *, require_dirs: bool = True) -> SubmitRequest:
     """Parse and check a backlog file. Raises ``BacklogError``; reads nothing else."""
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BacklogError(f"{source}: cannot read: {exc.strerror}") from exc
+    return parse_backlog(text, source=source, base=path.parent, require_dirs=require_dirs)
+
+
+def parse_backlog(
+    text: str, *, source: str, base: Path, require_dirs: bool = True
+) -> SubmitRequest:
+    """A backlog from TOML text; ``require_dirs=False`` (simulation) accepts project
+    directories that do not exist and treats them as git repositories."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -167,15 +175,18 @@ def read_backlog(path: Path) -> SubmitRequest:
         parsed = msgspec.convert(data, BacklogFile)
     except msgspec.ValidationError as exc:
         raise BacklogError(f"{source}: {_explain(exc, data)}") from exc
-    return to_request(parsed, base=path.parent, source=source)
+    return to_request(parsed, base=base, source=source, require_dirs=require_dirs)
 
 
-def to_request(parsed: BacklogFile, *, base: Path, source: str) -> SubmitRequest:
+def to_request(
+    parsed: BacklogFile, *, base: Path, source: str, require_dirs: bool = True
+) -> SubmitRequest:
     problems: list[str] = []
     projects = []
     for entry in parsed.projects:
         project_path = (base / entry.path).resolve()
-        if not project_path.is_dir():
+        exists = project_path.is_dir()
+        if not exists and require_dirs:
             problems.append(
                 f"project {entry.id!r}: path {entry.path!r} is not a directory ({project_path})"
             )
@@ -184,7 +195,7 @@ def to_request(parsed: BacklogFile, *, base: Path, source: str) -> SubmitRequest
             ProjectSpec(
                 id=ProjectId(entry.id),
                 path=str(project_path),
-                is_git=is_git_repo(project_path),
+                is_git=is_git_repo(project_path) if exists else True,
                 agent=entry.agent,
                 model=entry.model,
                 max_concurrent=entry.max_concurrent,

@@ -411,7 +411,8 @@ def demo(
 
 
 def main() -> None:
-    from trafficcontrol.cli import snapshots
+    from trafficcontrol.cli import simulate, snapshots
 
     snapshots.register(app)
+    simulate.register(app)
     app()

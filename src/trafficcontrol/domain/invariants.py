@@ -20,7 +20,12 @@ sentences that name the task, the attempt and the event's sequence number:
   config's default) and per model;
 - every attempt has exactly one outcome: no end for an unknown or already ended
   attempt, none open when an orchestrator starts (recovery interrupts them), stops
-  cleanly, or when a settled run ends.
+  cleanly, or when a settled run ends; a resumed attempt continues an interrupted
+  one of the same task.
+
+A rollback (``RolledBack``) replaces tasks by a snapshot's on purpose: the shadow
+adopts the rolled-back state, and only an attempt dropped without an outcome is a
+violation.
 
 ``check_no_deadlock`` is the liveness half, for the simulator: after ``decide``, if a
 ready task could run (free slot, free locks, limits allow) the decision must
@@ -43,6 +48,7 @@ from trafficcontrol.domain.events import (
     BacklogSubmitted,
     OrchestratorStarted,
     OrchestratorStopped,
+    RolledBack,
 )
 from trafficcontrol.domain.model import (
     AttemptId,
@@ -71,13 +77,14 @@ class InvariantChecker:
         self._tasks: dict[TaskId, TaskSpec] = {}
         self._open: dict[AttemptId, AttemptDispatched] = {}
         self._open_by_task: dict[TaskId, AttemptId] = {}
-        self._ended: set[AttemptId] = set()
+        self._ended: dict[AttemptId, tuple[TaskId, Outcome]] = {}
         self._succeeded: dict[TaskId, AttemptId] = {}
         self._exclusive: dict[str, AttemptId] = {}
         self._shared: dict[str, list[AttemptId]] = {}
         self._by_project: Counter[ProjectId] = Counter()
         self._by_model: Counter[str] = Counter()
         self._touched: TaskId | None = None
+        self._rolled_back = False
 
     # -- feeding ---------------------------------------------------------------------
     def on_event(self, event: AnyEvent) -> bool:
@@ -99,12 +106,17 @@ class InvariantChecker:
                 self._no_open("an orchestrator started")
             case OrchestratorStopped():
                 self._no_open("the orchestrator stopped")
+            case RolledBack():
+                self._rolled_back = True
             case _:
                 return self._known_reference(event)
         return True
 
     def on_state(self, state: State) -> None:
         """Cross-check the state folded up to the last event with the shadow."""
+        if self._rolled_back:
+            self._rolled_back = False
+            self._adopt_rollback(state)
         if len(state.tasks) != len(self._tasks):
             lost = sorted(t for t in self._tasks if t not in state.tasks)
             self._report(f"tasks lost from the state: {', '.join(lost) or '?'}")
@@ -192,6 +204,13 @@ class InvariantChecker:
                     f"task {task_id} was dispatched ({attempt_id}) before its dependency"
                     f" {dep} was done"
                 )
+        if event.resume_of is not None:
+            resumed = self._ended.get(event.resume_of)
+            if resumed != (task_id, Outcome.INTERRUPTED):
+                self._report(
+                    f"attempt {attempt_id} resumes {event.resume_of}, which is not an"
+                    f" interrupted attempt of task {task_id}"
+                )
         missing = [r for r in spec.resources if r not in event.resources]
         if missing:
             self._report(f"attempt {attempt_id} runs without its resources {missing}")
@@ -254,7 +273,7 @@ class InvariantChecker:
                 f"an outcome ({event.outcome}) was journaled for unknown attempt {attempt_id}"
             )
             return False
-        self._ended.add(attempt_id)
+        self._ended[attempt_id] = (dispatched.task_id, event.outcome)
         task_id = dispatched.task_id
         self._touched = task_id
         del self._open_by_task[task_id]
@@ -283,7 +302,7 @@ class InvariantChecker:
         if (
             attempt_id is not None
             and attempt_id not in self._open
-            and attempt_id not in (self._ended)
+            and attempt_id not in self._ended
         ):
             self._report(f"{event_type(event)} names unknown attempt {attempt_id}")
             return False
@@ -294,6 +313,33 @@ class InvariantChecker:
                 return False
             self._touched = task_id
         return True
+
+    def _adopt_rollback(self, state: State) -> None:
+        """A rollback replaces tasks and projects by a snapshot's: so does the shadow.
+
+        Tasks submitted after the snapshot leave the state by design (the journal
+        keeps them); an attempt may only leave the running set with an outcome, so
+        the shell must have stopped every attempt the rollback affects.
+        """
+        for attempt_id in self._open:
+            if attempt_id not in state.running:
+                self._report(f"the rollback dropped attempt {attempt_id} without an outcome")
+        kept = {a: e for a, e in self._open.items() if a in state.running}
+        self._projects = dict(state.projects)
+        self._tasks = {t: r.spec for t, r in state.tasks.items()}
+        self._succeeded = {
+            t: r.attempts[-1] if r.attempts else AttemptId("?")
+            for t, r in state.tasks.items()
+            if r.state is TaskState.DONE
+        }
+        self._open, self._open_by_task = {}, {}
+        self._exclusive, self._shared = {}, {}
+        self._by_project, self._by_model = Counter(), Counter()
+        for attempt_id, event in kept.items():
+            self._take_locks(attempt_id, event.resources)
+            self._take_slot(event, self._tasks[event.task_id])
+            self._open[attempt_id] = event
+            self._open_by_task[event.task_id] = attempt_id
 
     def _no_open(self, when: str, *, at_end: bool = False) -> None:
         if self._open:

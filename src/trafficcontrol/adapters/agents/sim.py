@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from trafficcontrol.domain.model import SIMULATED_LABEL, Outcome, SimSettings, Usage
@@ -29,6 +30,42 @@ def model_family(model: str | None) -> str:
     return "sonnet"
 
 
+@dataclass(frozen=True, slots=True)
+class SimDraw:
+    """Everything random about one simulated attempt, drawn up front."""
+
+    session_id: str
+    duration_s: float
+    fails: bool
+    family: str
+    usage: Usage
+
+
+def simulated_usage(family: str, tokens_in: int) -> Usage:
+    tokens_out = int(tokens_in * _OUTPUT_SHARE[family])
+    price_in, price_out = _PRICES[family]
+    return Usage(
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        cache_read_tokens=tokens_in * 2,
+        cost_usd=(tokens_in * price_in + tokens_out * price_out) / 1e6,
+    )
+
+
+def draw_attempt(
+    seed: int, sim: SimSettings, attempt_id: str, attempt_no: int, model: str | None
+) -> SimDraw:
+    """The attempt's behaviour, from its own generator seeded by (seed, attempt id): the
+    same for ``tc run`` and for the simulator in virtual time."""
+    rng = random.Random(zlib.crc32(f"{seed}:{sim.seed}:{attempt_id}".encode()))
+    session_id = f"sim-{rng.getrandbits(64):016x}"
+    duration = max(0.0, sim.duration_s * rng.uniform(1 - sim.jitter, 1 + sim.jitter))
+    fails = attempt_no <= sim.fail_attempts or rng.random() < sim.failure_rate
+    family = model_family(model)
+    tokens_in = int(sim.tokens_in * rng.uniform(0.5, 1.5))
+    return SimDraw(session_id, duration, fails, family, simulated_usage(family, tokens_in))
+
+
 class SimBackend:
     name = "sim"
 
@@ -42,22 +79,15 @@ class SimBackend:
 
     async def run(self, request: AgentRequest, reporter: AttemptReporter) -> AgentResult:
         sim = request.settings.sim or SimSettings()
-        key = f"{self._seed}:{sim.seed}:{request.attempt_id}".encode()
-        rng = random.Random(zlib.crc32(key))
-        session_id = f"sim-{rng.getrandbits(64):016x}"
-        reporter.session_started(session_id)
-        duration = max(0.0, sim.duration_s * rng.uniform(1 - sim.jitter, 1 + sim.jitter))
-        fails = request.attempt_no <= sim.fail_attempts or rng.random() < sim.failure_rate
-        family = model_family(request.model)
-        tokens_in = int(sim.tokens_in * rng.uniform(0.5, 1.5))
-        tokens_out = int(tokens_in * _OUTPUT_SHARE[family])
-        price_in, price_out = _PRICES[family]
-        usage = Usage(
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
-            cache_read_tokens=tokens_in * 2,
-            cost_usd=(tokens_in * price_in + tokens_out * price_out) / 1e6,
+        draw = draw_attempt(self._seed, sim, request.attempt_id, request.attempt_no, request.model)
+        session_id, duration, fails, family, usage = (
+            draw.session_id,
+            draw.duration_s,
+            draw.fails,
+            draw.family,
+            draw.usage,
         )
+        reporter.session_started(session_id)
         if self._write_logs:
             self._log(request.log_path, f"start {request.title!r} model={family}")
         if duration > 0:

@@ -1,0 +1,219 @@
+"""The simulator's agents: what each attempt does, and the pool that runs them.
+
+Design note. An attempt's own behaviour (duration, sim failure, tokens, session id)
+comes from a generator keyed by (run seed, task sim seed, attempt id), drawn in the
+same order as ``adapters.agents.sim.SimBackend``: with no faults, ``tc simulate
+--seed N`` plays each attempt as ``tc run`` with sim seed N does, and an attempt
+behaves the same whatever the faults change around it. The faults (crash, hang)
+come from the run's single generator. ``SimAgents`` mirrors ``runtime.pool``: a
+stopped agent ends with the stop's outcome, whatever it was doing, and exactly one
+end leaves each agent unless the orchestrator's crash kills it first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import random
+
+import msgspec
+
+# The sim adapter's price and output tables: the simulator must spend what it spends.
+from trafficcontrol.adapters.agents.sim import draw_attempt, simulated_usage
+from trafficcontrol.domain.events import AttemptDispatched, AttemptFinished
+from trafficcontrol.domain.model import (
+    AttemptId,
+    Outcome,
+    ProjectSpec,
+    SimSettings,
+    StopReason,
+    TaskSpec,
+    Usage,
+)
+from trafficcontrol.domain.requests import SubmitRequest
+from trafficcontrol.runtime.sim_faults import AGENT_CRASH_ERROR, Faults
+
+_STOPPED = {
+    StopReason.TIMEOUT: (Outcome.TIMED_OUT, "timed out"),
+    StopReason.CANCELLED: (Outcome.CANCELLED, "cancelled"),
+    StopReason.SHUTDOWN: (Outcome.INTERRUPTED, "interrupted by orchestrator shutdown"),
+}
+
+
+@dataclasses.dataclass(slots=True)
+class AgentPlan:
+    """What one simulated attempt will do, decided when its agent starts."""
+
+    duration_s: float | None
+    """When the agent ends by itself, after its start; None: it hangs."""
+    outcome: Outcome
+    exit_code: int | None
+    error: str | None
+    usage: Usage | None
+    session_id: str
+    crashed: bool = False
+    hung: bool = False
+
+
+def plan_attempt(
+    sim: SimSettings,
+    *,
+    seed: int,
+    attempt_id: AttemptId,
+    attempt_no: int,
+    model: str | None,
+    faults: Faults,
+    rng: random.Random,
+) -> AgentPlan:
+    # The same key and the same order of draws as SimBackend.run.
+    draw = draw_attempt(seed, sim, attempt_id, attempt_no, model)
+    duration, fails, family = draw.duration_s, draw.fails, draw.family
+    tokens_in = draw.usage.input_tokens
+    plan = AgentPlan(
+        duration_s=duration,
+        outcome=Outcome.FAILED if fails else Outcome.SUCCEEDED,
+        exit_code=1 if fails else 0,
+        error="simulated failure" if fails else None,
+        usage=draw.usage,
+        session_id=draw.session_id,
+    )
+    # Drawn only when on, so a run without faults never touches the run's generator.
+    if faults.agent_hang > 0 and rng.random() < faults.agent_hang:
+        plan.duration_s = None
+        plan.hung = True
+    elif faults.agent_crash > 0 and rng.random() < faults.agent_crash:
+        share = rng.random()
+        plan.duration_s = duration * share
+        plan.outcome, plan.exit_code, plan.error = Outcome.FAILED, -9, AGENT_CRASH_ERROR
+        plan.usage = simulated_usage(family, int(tokens_in * share))
+        plan.crashed = True
+    return plan
+
+
+def sim_settings(
+    spec: TaskSpec, project: ProjectSpec | None, backend: str, mean_duration_s: float
+) -> SimSettings:
+    """How the task's agent is simulated: its own sim settings, else the defaults
+    of the sim adapter (sim backend) or ``mean_duration_s`` (claude, command)."""
+    base = project.settings if project is not None else None
+    settings = spec.settings.over(base) if spec.settings is not None else base
+    if settings is not None and settings.sim is not None:
+        return settings.sim
+    if backend == "sim":
+        return SimSettings()
+    return SimSettings(duration_s=mean_duration_s)
+
+
+def with_hang_timeouts(
+    request: SubmitRequest, *, factor: float, mean_duration_s: float, default_backend: str
+) -> SubmitRequest:
+    """Every task without a timeout gets ``factor`` times its mean duration (at least
+    1 s), so a hung agent ends."""
+    projects = {p.id: p for p in request.projects}
+    tasks = []
+    for spec in request.tasks:
+        project = projects.get(spec.project)
+        if spec.timeout_s is None and (project is None or project.timeout_s is None):
+            backend = spec.agent or (project.agent if project else None) or default_backend
+            mean = sim_settings(spec, project, backend, mean_duration_s).duration_s
+            spec = msgspec.structs.replace(spec, timeout_s=max(1.0, factor * mean))
+        tasks.append(spec)
+    return msgspec.structs.replace(request, tasks=tasks)
+
+
+@dataclasses.dataclass(slots=True)
+class _Agent:
+    started_at: float
+    plan: AgentPlan
+    token: int
+    """Matches this agent's live entry in the heap of ends (lazy deletion)."""
+
+
+class SimAgents:
+    """The running simulated agents, in virtual time."""
+
+    def __init__(self, *, seed: int, faults: Faults, rng: random.Random, stop_s: float) -> None:
+        self._seed = seed
+        self._faults = faults
+        self._rng = rng
+        self._stop_s = stop_s
+        self._agents: dict[AttemptId, _Agent] = {}
+        self._ends: list[tuple[float, int, AttemptId]] = []
+        self._tokens = itertools.count()
+        self.busy_s = 0.0
+        """Agent-seconds spent so far by agents that ended or were killed."""
+        self.hangs = 0
+        self.crashes = 0
+
+    def start(self, event: AttemptDispatched, sim: SimSettings, now: float) -> AgentPlan:
+        plan = plan_attempt(
+            sim,
+            seed=self._seed,
+            attempt_id=event.attempt_id,
+            attempt_no=event.attempt_no,
+            model=event.model,
+            faults=self._faults,
+            rng=self._rng,
+        )
+        self.hangs += plan.hung
+        self.crashes += plan.crashed
+        agent = _Agent(now, plan, next(self._tokens))
+        self._agents[event.attempt_id] = agent
+        if plan.duration_s is not None:
+            heapq.heappush(self._ends, (now + plan.duration_s, agent.token, event.attempt_id))
+        return plan
+
+    def stop(self, attempt_id: AttemptId, reason: StopReason, now: float) -> None:
+        """As ``AgentPool.stop``: the agent ends with the stop's outcome after a grace."""
+        agent = self._agents.get(attempt_id)
+        if agent is None:
+            return  # it already ended (its event is on the way) or never started
+        outcome, error = _STOPPED[reason]
+        agent.plan = dataclasses.replace(
+            agent.plan, outcome=outcome, exit_code=None, error=error, usage=None
+        )
+        agent.token = next(self._tokens)
+        heapq.heappush(self._ends, (now + self._stop_s, agent.token, attempt_id))
+
+    def next_end(self) -> float | None:
+        ends = self._ends
+        while ends and not self._live(ends[0]):
+            heapq.heappop(ends)
+        return ends[0][0] if ends else None
+
+    def ended(self, now: float) -> list[AttemptFinished]:
+        """The ends due by ``now``, in time order, as the agents report them."""
+        out = []
+        while self._ends and self._ends[0][0] <= now:
+            entry = heapq.heappop(self._ends)
+            if not self._live(entry):
+                continue
+            at, _token, attempt_id = entry
+            agent = self._agents.pop(attempt_id)
+            self.busy_s += at - agent.started_at
+            plan = agent.plan
+            out.append(
+                AttemptFinished(
+                    at=at,
+                    attempt_id=attempt_id,
+                    outcome=plan.outcome,
+                    exit_code=plan.exit_code,
+                    error=plan.error,
+                    usage=plan.usage,
+                    session_id=plan.session_id,
+                    simulated=True,
+                )
+            )
+        return out
+
+    def kill_all(self, now: float) -> None:
+        """The orchestrator died and its agents with it; nobody hears of their end."""
+        for agent in self._agents.values():
+            self.busy_s += now - agent.started_at
+        self._agents.clear()
+        self._ends.clear()
+
+    def _live(self, entry: tuple[float, int, AttemptId]) -> bool:
+        agent = self._agents.get(entry[2])
+        return agent is not None and agent.token == entry[1]

@@ -1,0 +1,80 @@
+"""What the simulator injects (``Faults``) and how its virtual world runs (``SimOptions``).
+
+Every rate is a probability per occasion (an attempt, a commit); the run's single
+``random.Random(seed)`` decides, and a rate of zero draws nothing, so turning one
+fault kind off does not disturb the draws of a run without faults.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+AGENT_CRASH_ERROR = "simulated agent crash: the agent process died (signal 9)"
+
+
+class Faults(msgspec.Struct, frozen=True, kw_only=True):
+    """Fault rates of a simulation; all zero (no faults) by default."""
+
+    agent_crash: float = 0.0
+    """Probability that an attempt's agent dies partway through (the attempt fails)."""
+    agent_hang: float = 0.0
+    """Probability that an agent never ends by itself; only its task's timeout ends it."""
+    orchestrator_crash: float = 0.0
+    """Probability, per committed batch, that the orchestrator crashes at that boundary
+    (before the commit, after it, or after acting on it) and recovers."""
+    store_failure: float = 0.0
+    """Probability that appending a batch fails: the batch is lost and the orchestrator
+    crashes and recovers."""
+    slow_disk: float = 0.0
+    """Probability that a commit is slow, so agent events pile up into bigger batches."""
+    slow_disk_s: float = 3.0
+    """A slow commit takes up to this many extra seconds (uniform)."""
+    max_crashes: int = 20
+    """No orchestrator crash or store failure after this many, so every run ends."""
+
+    @classmethod
+    def all_on(cls) -> Faults:
+        """Every fault kind at the rates the CI property runs with."""
+        return cls(
+            agent_crash=0.05,
+            agent_hang=0.03,
+            orchestrator_crash=0.03,
+            store_failure=0.01,
+            slow_disk=0.05,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            rate > 0
+            for rate in (
+                self.agent_crash,
+                self.agent_hang,
+                self.orchestrator_crash,
+                self.store_failure,
+                self.slow_disk,
+            )
+        )
+
+
+class SimOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How the simulated world runs, apart from its faults."""
+
+    mean_duration_s: float = 600.0
+    """Mean attempt duration of tasks without sim settings on another backend (claude,
+    command); sim-backend tasks without settings use the sim adapter's defaults."""
+    hang_timeout_factor: float = 10.0
+    """When hangs are on, a task with no timeout gets this many times its mean duration."""
+    snapshot_every_s: float = 10.0
+    """Virtual seconds between snapshots of the state."""
+    keep_snapshots: int = 3
+    restart_s: float = 1.0
+    """Virtual seconds from a crash to the recovered orchestrator."""
+    stop_s: float = 1.0
+    """Virtual seconds from a journaled stop to the agent's end (SIGTERM, grace, kill)."""
+    commit_s: float = 0.0
+    """Latency of an ordinary commit."""
+    max_events: int = 200_000
+    """A run with more journal events than this is reported as not settling."""
+    check_recovery: bool = True
+    """After each recovery, compare snapshot + tail with a full replay of the journal."""

@@ -1,0 +1,400 @@
+"""The deterministic simulator: the real ``decide``/``apply`` loop in virtual time.
+
+Design note. A discrete-event simulation of ``runtime.orchestrator`` with simulated
+agents, no asyncio and no clock: virtual time jumps to the next agent end or the next
+``next_wakeup``. One turn mirrors ``Orchestrator._step``: fold the agent events that
+arrived, ``decide``, turn each command into its event exactly as the runtime does
+(Dispatch → AttemptDispatched, StopAttempt → AttemptStopRequested, WakeTask →
+TaskWoken), commit the batch to an in-memory journal (group commit), then act: start
+or stop simulated agents. Recovery mirrors ``Orchestrator.recover`` + ``_start``:
+newest snapshot + journal tail, then every attempt still running is journaled
+``interrupted`` (its agent is gone) before ``OrchestratorStarted``.
+
+Faults (``sim_faults.Faults``): agents that crash or hang, an orchestrator crash at
+a commit boundary (before the commit: the batch is lost; after it: its agents never
+start; after acting), a failed append (the batch is lost and the orchestrator
+crashes), slow commits during which agent events pile up. A crash drops everything
+in memory — state, inbox, running agents — and only the journal and the snapshots
+survive.
+
+Invariants: every committed event goes through ``InvariantChecker`` with the
+journal's own fold (never the orchestrator's memory, which a crash may drop), every
+``decide`` through ``check_no_deadlock``, and every recovery is compared with a full
+replay; the first violation stops the run. Everything random comes from
+``random.Random(seed)`` (agents: from generators keyed by the seed, see
+``sim_faults``), iteration is over lists and insertion-ordered dicts only, so a seed
+replays the same journal. Rejected alternative: driving the real asyncio
+``Orchestrator`` with a virtual clock — the event loop's scheduling order is not
+ours to fix, and 500 seeds in CI need a loop without asyncio's overhead.
+"""
+
+from __future__ import annotations
+
+import random
+
+from trafficcontrol.domain import snapshot
+from trafficcontrol.domain.decide import (
+    Dispatch,
+    SchedulerConfig,
+    StopAttempt,
+    WakeTask,
+    decide,
+)
+from trafficcontrol.domain.events import (
+    AgentSessionStarted,
+    AnyEvent,
+    AttemptDispatched,
+    AttemptStopRequested,
+    OrchestratorStarted,
+    OrchestratorStopped,
+    TaskWoken,
+    WorkspacePrepared,
+)
+from trafficcontrol.domain.invariants import InvariantChecker, check_no_deadlock
+from trafficcontrol.domain.model import TaskState
+from trafficcontrol.domain.requests import SubmitRequest, plan_submit
+from trafficcontrol.domain.state import State, apply
+from trafficcontrol.runtime.recovery import interrupt_leftovers
+from trafficcontrol.runtime.sim_agents import SimAgents, sim_settings, with_hang_timeouts
+from trafficcontrol.runtime.sim_faults import Faults, SimOptions
+from trafficcontrol.runtime.sim_report import SimReport, build_report
+
+LOGS_ROOT = "/simulated/logs"
+WORKTREES_ROOT = "/simulated/worktrees"
+_CRASH_POINTS = ("before the commit", "after the commit", "after acting")
+
+
+def _no_leftover(_pid: int, _pgid: int, _create_time: float) -> bool:
+    return False
+
+
+class _Crash(Exception):
+    """The orchestrator died; only the journal and the snapshots survive."""
+
+
+class Simulator:
+    """One run; ``run()`` once, then read ``journal``, ``snapshots`` and the report."""
+
+    def __init__(
+        self,
+        request: SubmitRequest,
+        config: SchedulerConfig,
+        *,
+        seed: int,
+        faults: Faults | None = None,
+        options: SimOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.seed = seed
+        self.faults = faults or Faults()
+        self.options = options or SimOptions()
+        self.rng = random.Random(seed)
+        if self.faults.agent_hang > 0:
+            request = with_hang_timeouts(
+                request,
+                factor=self.options.hang_timeout_factor,
+                mean_duration_s=self.options.mean_duration_s,
+                default_backend=config.default_backend,
+            )
+        self.request = request
+        self.journal: list[AnyEvent] = []
+        self.snapshots: list[bytes] = []
+        self.checker = InvariantChecker(config)
+        self.replica = State()
+        """The fold of the journal: what a recovery must arrive at."""
+        self.state: State | None = None
+        """The orchestrator's memory; None while it is down."""
+        self.now = 0.0
+        self._inbox: list[AnyEvent] = []
+        self.agents = SimAgents(
+            seed=seed, faults=self.faults, rng=self.rng, stop_s=self.options.stop_s
+        )
+        self._next_wakeup: float | None = None
+        self._last_snapshot = 0.0
+        self._crash_after_acting = False
+        self._starts = 0
+        self._commits = 0
+        self._max_batch = 0
+        self._from_snapshot = 0
+        self._full_replay = 0
+        self.violations = self.checker.violations
+        """Every violation found (the checker's list, shared)."""
+        self.crashes: list[str] = []
+        """When and why the orchestrator crashed, in order."""
+        self.fault_counts = dict.fromkeys(("orchestrator_crash", "store_failure", "slow_commit"), 0)
+
+    # -- the run ------------------------------------------------------------------------
+    def run(self) -> SimReport:
+        submitted = plan_submit(State(), self.request, 0.0)  # BacklogError, as tc submit
+        if submitted is not None:
+            self._append([submitted])  # tc submit wrote it before any orchestrator ran
+        settled = False
+        while not self.violations:
+            if len(self.journal) > self.options.max_events:
+                self.violations.append(
+                    f"the run did not settle within {self.options.max_events} events"
+                )
+                break
+            try:
+                if self.state is None:
+                    self._recover()
+                    continue
+                self._inbox.extend(self.agents.ended(self.now))
+                acted = self._turn()
+                if self._idle():
+                    stopped = OrchestratorStopped(at=self.now, instance=self._instance())
+                    apply(self.state, stopped)
+                    self._commit([stopped])
+                    settled = True
+                    break
+                if acted:
+                    # The runtime steps again within its poll interval: what the commands
+                    # changed (a woken task is ready now) gets decided at once.
+                    continue
+            except _Crash:
+                continue
+            if not self._advance():
+                break
+        self.checker.finish(self.replica, settled=settled)
+        return self.report(settled=settled and not self.violations)
+
+    def report(self, *, settled: bool) -> SimReport:
+        return build_report(
+            self.replica,
+            self.journal,
+            seed=self.seed,
+            source=self.request.source,
+            max_agents=self.config.max_agents,
+            settled=settled,
+            busy_agent_s=self.agents.busy_s,
+            faults={
+                "agent_crash": self.agents.crashes,
+                "agent_hang": self.agents.hangs,
+                **self.fault_counts,
+            },
+            recoveries=(self._from_snapshot, self._full_replay),
+            commits=self._commits,
+            max_batch=self._max_batch,
+            violations=list(self.violations),
+        )
+
+    def _turn(self) -> bool:
+        """``Orchestrator._step``: fold arrivals, decide, journal both, then act.
+
+        True when ``decide`` issued commands."""
+        state = self._live()
+        events, self._inbox = self._inbox, []
+        for event in events:
+            apply(state, event)
+        decision = decide(state, self.now, self.config)
+        self.violations.extend(check_no_deadlock(state, decision, self.config))
+        self._next_wakeup = decision.next_wakeup
+        starts: list[AttemptDispatched] = []
+        stops: list[AttemptStopRequested] = []
+        for command in decision.commands:
+            made: AnyEvent
+            match command:
+                case Dispatch():
+                    made = self._dispatched_event(command)
+                    starts.append(made)
+                case StopAttempt():
+                    made = AttemptStopRequested(
+                        at=self.now, attempt_id=command.attempt_id, reason=command.reason
+                    )
+                    stops.append(made)
+                case WakeTask():
+                    made = TaskWoken(at=self.now, task_id=command.task_id)
+            apply(state, made)
+            events.append(made)
+        self._commit(events)
+        for stop in stops:
+            self.agents.stop(stop.attempt_id, stop.reason, self.now)
+        for start in starts:
+            self._start_agent(start)
+        if self._crash_after_acting:
+            self._crash("orchestrator crash after acting on a batch", "orchestrator_crash")
+        return bool(decision.commands)
+
+    def _dispatched_event(self, command: Dispatch) -> AttemptDispatched:
+        # As AgentPool.dispatched_event, under a virtual logs root.
+        suffix = ".jsonl" if command.backend == "claude" else ".log"
+        return AttemptDispatched(
+            at=self.now,
+            attempt_id=command.attempt_id,
+            task_id=command.task_id,
+            attempt_no=command.attempt_no,
+            backend=command.backend,
+            model=command.model,
+            resources=command.resources,
+            deadline=command.deadline,
+            log_path=f"{LOGS_ROOT}/{command.task_id}/{command.attempt_no}{suffix}",
+            resume_of=command.resume_of,
+        )
+
+    def _idle(self) -> bool:
+        counts = self._live().counts
+        return (
+            not self._live().running
+            and not counts[TaskState.READY]
+            and not counts[TaskState.WAITING]
+            and not self._inbox
+        )
+
+    def _advance(self) -> bool:
+        """Jump to the next agent end or timer; False (a violation) if there is none."""
+        times = [t for t in (self._next_wakeup, self.agents.next_end()) if t is not None]
+        if not times:
+            state = self._live()
+            self.violations.append(
+                f"at seq {state.seq}: stuck at t={self.now:.3f}s: attempts"
+                f" {sorted(state.running)} run, but no agent will end and no timer is set"
+            )
+            return False
+        self.now = max(self.now, min(times))
+        return True
+
+    def _start_agent(self, event: AttemptDispatched) -> None:
+        """As ``AgentPool._attempt``: the agent reports its workspace and session first."""
+        state = self._live()
+        spec = state.tasks[event.task_id].spec
+        project = state.projects[spec.project]
+        sim = sim_settings(spec, project, event.backend, self.options.mean_duration_s)
+        plan = self.agents.start(event, sim, self.now)
+        resumed = state.attempts[event.resume_of] if event.resume_of else None
+        branch: str | None = None
+        if resumed is not None and resumed.workdir is not None:
+            workdir, branch = resumed.workdir, resumed.branch
+        elif project.is_git:
+            workdir = f"{WORKTREES_ROOT}/{project.id}/{spec.id}-{event.attempt_no}"
+            branch = f"tc/{spec.id}/{event.attempt_no}"
+        else:
+            workdir = project.path
+        self._inbox.append(
+            WorkspacePrepared(at=self.now, attempt_id=event.attempt_id, path=workdir, branch=branch)
+        )
+        self._inbox.append(
+            AgentSessionStarted(
+                at=self.now, attempt_id=event.attempt_id, session_id=plan.session_id
+            )
+        )
+
+    # -- the journal, crashes and recovery ---------------------------------------------------
+    def _commit(self, events: list[AnyEvent]) -> None:
+        """Group commit of a folded batch, with its faults. Raises ``_Crash``."""
+        self._crash_after_acting = False
+        if not events:
+            return
+        faults, rng = self.faults, self.rng
+        may_crash = (
+            self.fault_counts["orchestrator_crash"] + self.fault_counts["store_failure"]
+            < faults.max_crashes
+        )
+        if may_crash and faults.store_failure > 0 and rng.random() < faults.store_failure:
+            self._crash(f"store write failure: a batch of {len(events)} lost", "store_failure")
+        point = None
+        if may_crash and faults.orchestrator_crash > 0 and rng.random() < faults.orchestrator_crash:
+            point = rng.choice(_CRASH_POINTS)
+        if point == _CRASH_POINTS[0]:
+            self._crash(f"orchestrator crash {point}", "orchestrator_crash")
+        latency = self.options.commit_s
+        if faults.slow_disk > 0 and rng.random() < faults.slow_disk:
+            latency += rng.uniform(0.0, faults.slow_disk_s)
+            self.fault_counts["slow_commit"] += 1
+        # Agents keep running while the disk is busy; their events wait for the next batch.
+        self.now += latency
+        self._append(events)
+        state = self._live()
+        if self.now - self._last_snapshot >= self.options.snapshot_every_s:
+            self.snapshots.append(snapshot.encode(state))
+            del self.snapshots[: -self.options.keep_snapshots]
+            self._last_snapshot = self.now
+        if point == _CRASH_POINTS[1]:
+            self._crash(f"orchestrator crash {point}", "orchestrator_crash")
+        self._crash_after_acting = point == _CRASH_POINTS[2]
+
+    def _append(self, events: list[AnyEvent]) -> None:
+        """Make ``events`` durable, checking each against the journal so far."""
+        for event in events:
+            self.journal.append(event)
+            if not self.checker.observe(event, self.replica):
+                break
+        self._commits += 1
+        self._max_batch = max(self._max_batch, len(events))
+
+    def _crash(self, reason: str, kind: str) -> None:
+        """Lose everything in memory: state, inbox, agents (killed with the process)."""
+        self.fault_counts[kind] += 1
+        self.agents.kill_all(self.now)
+        self._inbox.clear()
+        self.state = None
+        self._next_wakeup = None
+        self._crash_after_acting = False
+        self.now += self.options.restart_s
+        self.crashes.append(f"t={self.now:.3f}s seq {len(self.journal)}: {reason}")
+        raise _Crash(reason)
+
+    def _recover(self) -> None:
+        """``Orchestrator.recover`` from the newest snapshot, then ``_start``."""
+        if self.snapshots:
+            data = snapshot.decode(self.snapshots[-1])
+            state = snapshot.restore(data)
+            tail = self.journal[data.seq :]
+        else:
+            state, tail = State(), self.journal
+        for event in tail:
+            apply(state, event)
+        if self._starts:  # the first start is not a recovery
+            if self.snapshots:
+                self._from_snapshot += 1
+            else:
+                self._full_replay += 1
+            if self.options.check_recovery:
+                self._compare_with_replay(state)
+        self._starts += 1
+        self.state = state
+        # Nothing outlives a simulated orchestrator: there are no leftovers to kill.
+        events: list[AnyEvent] = list(interrupt_leftovers(state, _no_leftover, self.now))
+        events.append(
+            OrchestratorStarted(
+                at=self.now,
+                instance=self._instance(),
+                pid=self._starts,
+                previous_clean=not state.running_orchestrator,
+            )
+        )
+        for event in events:
+            apply(state, event)
+        self._commit(events)
+
+    def _compare_with_replay(self, recovered: State) -> None:
+        how = "snapshot + tail" if self.snapshots else "replay"
+        if snapshot.encode(recovered) != snapshot.encode(self.replica):
+            self.violations.append(
+                f"at seq {recovered.seq}: recovery from {how} differs from a full replay"
+            )
+        elif decide(recovered, self.now, self.config) != decide(
+            self.replica, self.now, self.config
+        ):
+            self.violations.append(
+                f"at seq {recovered.seq}: recovery from {how} decides differently from a"
+                " full replay"
+            )
+
+    def _live(self) -> State:
+        assert self.state is not None, "the orchestrator is down"
+        return self.state
+
+    def _instance(self) -> str:
+        return f"sim:{self.seed}:{self._starts}"
+
+
+def simulate(
+    request: SubmitRequest,
+    config: SchedulerConfig,
+    *,
+    seed: int,
+    faults: Faults | None = None,
+    options: SimOptions | None = None,
+) -> SimReport:
+    """Run ``request`` in virtual time; raises ``BacklogError`` if it would be refused."""
+    return Simulator(request, config, seed=seed, faults=faults, options=options).run()
