@@ -15,6 +15,8 @@ import pytest
 from tests.cli_helpers import spawn_tc, tc
 from tests.helpers import AGENT, journal_events
 from trafficcontrol.domain.events import AgentProcessStarted, AttemptDispatched, AttemptFinished
+from trafficcontrol.domain.decide import SchedulerConfig
+from trafficcontrol.domain.invariants import verify_journal
 from trafficcontrol.domain.model import Outcome
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
@@ -80,3 +82,4 @@ def test_sigkill_mid_run_then_restart_finishes_every_task_exactly_once(tmp_path:
     for e in (e for e in events if isinstance(e, AgentProcessStarted)):
         assert not psutil.pid_exists(e.pid) or psutil.Process(e.pid).create_time() != e.create_time
     assert os.path.getsize(record) > 0
+    assert verify_journal(events, SchedulerConfig(max_agents=4), settled=True) == []
