@@ -10,14 +10,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from trafficcontrol.adapters.agents.command import CommandBackend
-from trafficcontrol.adapters.agents.process_group import kill_leftover_group
+from trafficcontrol.adapters.agents.process_group import kill_leftover_group, kill_marked
 from trafficcontrol.adapters.agents.sim import SimBackend
 from trafficcontrol.adapters.stores import recovery
 from trafficcontrol.adapters.stores.run_lock import RunLock
@@ -92,6 +92,7 @@ class App:
         self.settings = settings if settings is not None else load_settings(home.config)
         self.clock: Clock = clock or SystemClock()
         self._journal: SqliteJournal | None = None
+        self.last_recovery: recovery.Recovered | None = None
 
     # -- storage ----------------------------------------------------------------------
     def journal(self) -> SqliteJournal:
@@ -195,7 +196,9 @@ class App:
             return RequestResult(ok=True, message="dry run: nothing changed", details=details)
         now = self.clock.now()
         events: list[AnyEvent] = list(
-            interrupt_leftovers(state, _kill_leftover(self.settings.run.grace_s), now)
+            interrupt_leftovers(
+                state, _kill_leftover(self.settings.run.grace_s), now, self._kill_marked
+            )
         )
         events.append(RolledBack(at=now, version=request.version, snapshot=data))
         self.journal().append(events)
@@ -224,10 +227,14 @@ class App:
             logs_dir=self.home.logs,
             instance=instance,
             kill_leftover=_kill_leftover(self.settings.run.grace_s),
+            kill_marked=self._kill_marked,
             request_poll_s=self.settings.run.request_poll_s,
             record_latency=record_latency,
             snapshotter=self._snapshotter(instance),
         )
+
+    def _kill_marked(self, markers: Collection[str]) -> set[str]:
+        return kill_marked(markers, self.settings.run.grace_s)
 
     def _snapshotter(self, instance: str) -> Snapshotter | None:
         interval = self.settings.run.snapshot_interval_s
@@ -241,6 +248,7 @@ class App:
         """An orchestrator with its recovered state, and what recovery found.
         The caller holds the run lock."""
         recovered = self.recover()
+        self.last_recovery = recovered
         orchestrator = self.orchestrator(record_latency=record_latency)
         orchestrator.recover(recovered.state)
         return orchestrator, recovered.notes

@@ -218,6 +218,13 @@ def run_app(app_: App, *, max_agents: int | None, forever: bool, live: bool | No
             fail(exc.message, code=2)
         for note in notes:
             err.print(f"[yellow]recovery:[/] {note}", highlight=False)
+        recovered = app_.last_recovery
+        if recovered is not None and recovered.snapshot is not None:
+            err.print(
+                f"state: snapshot {recovered.snapshot.version} (seq {recovered.snapshot.seq})"
+                f" + {recovered.tail} journal events",
+                highlight=False,
+            )
         show_live = out.is_terminal if live is None else live
         try:
             asyncio.run(_run(orchestrator, forever=forever, show_live=show_live))

@@ -54,7 +54,7 @@ from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import ConfigError, StoreError, TrafficControlError
 from trafficcontrol.ports import AgentBackend, Clock, Journal, RequestResult, Workspaces
 from trafficcontrol.runtime.pool import AgentPool
-from trafficcontrol.runtime.recovery import LeftoverKiller, interrupt_leftovers
+from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, interrupt_leftovers
 from trafficcontrol.runtime.snapshotter import Snapshotter
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Orchestrator:
         logs_dir: Path,
         instance: str,
         kill_leftover: LeftoverKiller,
+        kill_marked: MarkedKiller,
         request_poll_s: float = 0.2,
         record_latency: bool = False,
         snapshotter: Snapshotter | None = None,
@@ -83,6 +84,7 @@ class Orchestrator:
         self.scheduler = scheduler
         self.instance = instance
         self._kill_leftover = kill_leftover
+        self._kill_marked = kill_marked
         self._request_poll_s = request_poll_s
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self.state = State()
@@ -144,7 +146,11 @@ class Orchestrator:
         previous_clean = not self.state.running_orchestrator
         events: list[AnyEvent] = list(
             await asyncio.to_thread(
-                interrupt_leftovers, self.state, self._kill_leftover, self._clock.now()
+                interrupt_leftovers,
+                self.state,
+                self._kill_leftover,
+                self._clock.now(),
+                self._kill_marked,
             )
         )
         events.append(

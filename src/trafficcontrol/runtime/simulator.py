@@ -64,6 +64,11 @@ WORKTREES_ROOT = "/simulated/worktrees"
 _CRASH_POINTS = ("before the commit", "after the commit", "after acting")
 
 
+def _no_marked(_markers: object) -> set[str]:
+    """Simulated agents leave no processes behind."""
+    return set()
+
+
 def _no_leftover(_pid: int, _pgid: int, _create_time: float) -> bool:
     return False
 
@@ -353,7 +358,9 @@ class Simulator:
         self._starts += 1
         self.state = state
         # Nothing outlives a simulated orchestrator: there are no leftovers to kill.
-        events: list[AnyEvent] = list(interrupt_leftovers(state, _no_leftover, self.now))
+        events: list[AnyEvent] = list(
+            interrupt_leftovers(state, _no_leftover, self.now, _no_marked)
+        )
         events.append(
             OrchestratorStarted(
                 at=self.now,

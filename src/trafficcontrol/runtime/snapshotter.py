@@ -37,24 +37,35 @@ class Snapshotter:
         return self._clock.monotonic() - self._last >= self._interval_s
 
     def maybe_start(self, state: State) -> None:
-        """Start a periodic snapshot in the background when one is due."""
+        """Start a periodic snapshot in the background when one is due.
+
+        The state is encoded here, synchronously: the loop calls this between turns,
+        when everything folded is also committed. Encoding later, inside the task,
+        could capture events folded but not yet durable.
+        """
         if self._writing is None and self.due():
-            self._writing = asyncio.create_task(self.take(state), name="snapshot")
+            self._writing = asyncio.create_task(self._write(*self._encode(state)), name="snapshot")
             self._writing.add_done_callback(self._written)
 
     def _written(self, _task: asyncio.Task[SnapshotRecord | None]) -> None:
         self._writing = None
 
     async def take(self, state: State) -> SnapshotRecord | None:
-        """Snapshot now; None (and ``last_error`` set) when it could not be written."""
+        """Snapshot now (call between turns, when the state is all committed); None
+        (and ``last_error`` set) when it could not be written."""
+        return await self._write(*self._encode(state))
+
+    def _encode(self, state: State) -> tuple[bytes, int]:
         self._last = self._clock.monotonic()
-        payload = snapshot.encode(state)
+        return snapshot.encode(state), state.seq
+
+    async def _write(self, payload: bytes, seq: int) -> SnapshotRecord | None:
         try:
             record = await asyncio.to_thread(
                 self.files.write,
                 payload,
                 schema=snapshot.SCHEMA,
-                seq=state.seq,
+                seq=seq,
                 instance=self._instance,
                 now=self._clock.now(),
             )

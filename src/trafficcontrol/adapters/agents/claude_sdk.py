@@ -51,16 +51,20 @@ import re
 import shutil
 import signal
 import sys
-import time
-import uuid
 from collections import deque
-from collections.abc import Collection, Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args
 
 import psutil
 
-from trafficcontrol.adapters.agents.process_group import create_time_of, signal_group
+from trafficcontrol.adapters.agents.process_group import (
+    RUN_MARKER_ENV,
+    create_time_of,
+    run_marker,
+    signal_group,
+    stop_marked,
+)
 from trafficcontrol.domain.model import AgentSettings, Outcome, Usage
 from trafficcontrol.errors import AgentError, ConfigError
 from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter
@@ -69,8 +73,6 @@ if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions, ResultMessage
     from claude_agent_sdk.types import PermissionMode, SystemPromptPreset
 
-RUN_MARKER_ENV = "TC_AGENT_RUN"
-"""Set to ``<attempt id>/<nonce>`` for the CLI and inherited by all it starts."""
 REDACTED = "<redacted>"
 CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
 """What the CLI accepts as credentials from the environment (verified: empty counts as unset)."""
@@ -87,8 +89,6 @@ _NOT_PASSED_ON = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"})
 """Left to the SDK: set by a Claude Code session the orchestrator may run inside, they
 would make the CLI believe it is nested (the SDK drops the first, sets the second)."""
 _STDERR_TAIL = 20
-_KILL_WAIT_S = 5.0
-_POLL_S = 0.02
 _T = TypeVar("_T")
 
 
@@ -178,7 +178,7 @@ class ClaudeBackend:
             cli = self._find_cli()
         except ConfigError as e:
             raise AgentError(e.message) from e
-        marker = f"{request.attempt_id}/{uuid.uuid4().hex}"
+        marker = run_marker(request)
         env = {**self._environ, **(request.settings.env or {}), RUN_MARKER_ENV: marker}
         try:
             log = JsonlLog(request.log_path, secrets=secret_values(env))
@@ -495,51 +495,6 @@ def _find_child(marker: str) -> int | None:
             if child.environ().get(RUN_MARKER_ENV) == marker:
                 return int(child.pid)
     return None
-
-
-def marked_processes(marker: str) -> list[psutil.Process]:
-    """Live processes of any parentage that inherited ``marker``. Blocking (a /proc scan)."""
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(RUN_MARKER_ENV) == marker and not _gone(proc):
-                found.append(proc)
-    return found
-
-
-async def stop_marked(marker: str, grace_s: float) -> None:
-    """SIGTERM what still carries ``marker``, wait ``grace_s``, SIGKILL the rest."""
-    procs = await asyncio.to_thread(marked_processes, marker)
-    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, _KILL_WAIT_S)):
-        if not procs:
-            return
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(signum)
-        procs = await asyncio.to_thread(_wait_gone, procs, wait_s)
-
-
-def _gone(proc: psutil.Process) -> bool:
-    """Dead, or a zombie: dead too, whoever its parent is will reap it (or not)."""
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:  # cannot look: assume it lives, the deadline bounds the wait
-        return False
-
-
-def _wait_gone(procs: Collection[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    """Poll until every process is gone; the survivors at the deadline.
-
-    Polling, because these are not our children: there is nothing to wait on.
-    """
-    deadline = time.monotonic() + timeout_s
-    alive = [p for p in procs if not _gone(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-        alive = [p for p in alive if not _gone(p)]
-    return alive
 
 
 async def _to_the_end(work: Coroutine[Any, Any, _T]) -> _T:

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from trafficcontrol.adapters.agents.process_group import ProcessGroup
+from trafficcontrol.adapters.agents.process_group import RUN_MARKER_ENV, ProcessGroup, run_marker
 from trafficcontrol.domain.model import Outcome
 from trafficcontrol.errors import AgentError, ConfigError
 from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter
@@ -177,6 +177,7 @@ class CommandBackend:
         env["TC_TASK_ID"] = request.task_id
         env["TC_ATTEMPT_ID"] = request.attempt_id
         env["TC_WORKDIR"] = str(request.workdir)
+        env[RUN_MARKER_ENV] = run_marker(request)
         return env
 
 

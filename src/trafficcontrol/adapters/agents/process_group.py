@@ -33,13 +33,16 @@ races with new forks). Not covered: a descendant that calls ``setsid`` itself
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import psutil
+
+from trafficcontrol.ports import AgentRequest
 
 _POLL_S = 0.02
 """How often the group is checked once its leader is reaped (only while stopping)."""
@@ -224,3 +227,79 @@ def _poll_until_gone(pgid: int, timeout_s: float) -> bool:
             return False
         time.sleep(_POLL_S)
     return True
+
+
+# -- finding an attempt's processes by the marker they inherit ------------------------------
+RUN_MARKER_ENV = "TC_AGENT_RUN"
+"""Every agent process carries it (and passes it on): the attempt's log path, unique per
+state home and attempt, and journaled at dispatch — so a restarted orchestrator finds an
+attempt's processes even when their pid never reached the journal, or when they left
+the process group (Claude Code's Bash tool starts each command in a new session)."""
+
+
+def run_marker(request: AgentRequest) -> str:
+    return str(request.log_path)
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    """Live processes of any parentage that inherited ``marker``. Blocking (a /proc scan)."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(RUN_MARKER_ENV) == marker and not _gone(proc):
+                found.append(proc)
+    return found
+
+
+async def stop_marked(marker: str, grace_s: float) -> None:
+    """SIGTERM what still carries ``marker``, wait ``grace_s``, SIGKILL the rest."""
+    procs = await asyncio.to_thread(marked_processes, marker)
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, _MARKED_KILL_WAIT_S)):
+        if not procs:
+            return
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signum)
+        procs = await asyncio.to_thread(_wait_gone, procs, wait_s)
+
+
+def _gone(proc: psutil.Process) -> bool:
+    """Dead, or a zombie: dead too, whoever its parent is will reap it (or not)."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # cannot look: assume it lives, the deadline bounds the wait
+        return False
+
+
+_MARKED_KILL_WAIT_S = 5.0
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    _gone_now, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    return [p for p in alive if not _gone(p)]
+
+
+def kill_marked(markers: Collection[str], grace_s: float) -> set[str]:
+    """Blocking: SIGTERM every live process carrying one of ``markers``, SIGKILL what is
+    left after ``grace_s``; the markers that had processes."""
+    if not markers:
+        return set()
+    wanted = set(markers)
+    procs = []
+    found: set[str] = set()
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            marker = proc.environ().get(RUN_MARKER_ENV)
+            if marker in wanted and not _gone(proc):
+                procs.append(proc)
+                found.add(marker)
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, _MARKED_KILL_WAIT_S)):
+        if not procs:
+            break
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signum)
+        procs = _wait_gone(procs, wait_s)
+    return found

@@ -103,10 +103,14 @@ def load_snapshot(
             break
     for meta, payload in candidates:
         if meta.seq > last_seq:
-            notes.append(
+            reason = (
                 f"{meta.path}: covers journal seq {meta.seq} but the journal ends at"
                 f" {last_seq}; not used"
             )
+            if repair:
+                # Once the journal grows past it, it would pass for a valid base.
+                reason += f"; moved to {store.quarantine(meta.path, reason)}"
+            notes.append(reason)
             continue
         return snapshot.restore(snapshot.decode(payload)), meta, notes
     return None, None, notes
@@ -126,6 +130,4 @@ def recover(
     for _seq, event in journal.read(after=state.seq):
         apply(state, event)
         tail += 1
-    for note in found:
-        log.warning("recovery %s", note)
     return Recovered(state=state, snapshot=meta, tail=tail, notes=found)

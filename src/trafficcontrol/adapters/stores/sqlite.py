@@ -87,6 +87,12 @@ class SqliteJournal:
                     for i, e in enumerate(events, start=1)
                 ]
                 db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+                run_state = _run_state(rows)
+                if run_state is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES ('run_state', ?)",
+                        (run_state,),
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -107,6 +113,9 @@ class SqliteJournal:
 
     def last_run_clean(self) -> bool | None:
         """Whether the last orchestrator journaled its clean stop (None: none ever ran)."""
+        kept = self._db.execute("SELECT value FROM meta WHERE key = 'run_state'").fetchone()
+        if kept is not None:
+            return bool(kept[0] == "stopped")
         row = self._db.execute(
             "SELECT type FROM events WHERE type IN ('orchestrator_started', 'orchestrator_stopped')"
             " ORDER BY seq DESC LIMIT 1"
@@ -174,3 +183,14 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _run_state(rows: Sequence[tuple[object, ...]]) -> str | None:
+    """'running' or 'stopped' after this batch, kept in ``meta`` so a start learns
+    whether the last run stopped cleanly without scanning the journal."""
+    for row in reversed(rows):
+        if row[3] == "orchestrator_stopped":
+            return "stopped"
+        if row[3] == "orchestrator_started":
+            return "running"
+    return None
