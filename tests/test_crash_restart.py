@@ -14,8 +14,8 @@ import pytest
 
 from tests.cli_helpers import spawn_tc, tc
 from tests.helpers import AGENT, journal_events
-from trafficcontrol.domain.events import AgentProcessStarted, AttemptDispatched, AttemptFinished
 from trafficcontrol.domain.decide import SchedulerConfig
+from trafficcontrol.domain.events import AgentProcessStarted, AttemptDispatched, AttemptFinished
 from trafficcontrol.domain.invariants import verify_journal
 from trafficcontrol.domain.model import Outcome
 
