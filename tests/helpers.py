@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,3 +102,13 @@ async def run_until_idle(app: App, *, record_latency: bool = False) -> Any:
         return orchestrator
     finally:
         lock.release()
+
+
+def git_repo(path: Path) -> None:
+    """A git repository with one commit, made without any global git identity."""
+    path.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
+    (path / "README.md").write_text("project\n")
+    subprocess.run(["git", "add", "."], cwd=path, check=True)
+    ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", *ident, "commit", "-qm", "init"], cwd=path, check=True)

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from tests.cli_helpers import TC
-from tests.helpers import journal_events, submit, task
+from tests.helpers import git_repo, journal_events, submit, task
 from tests.provider.server import Fault, ProviderServer, RecordedRequest, Turn, text, tool
 from trafficcontrol.adapters.agents.process_group import group_alive, kill_leftover_group
 from trafficcontrol.bootstrap import App, Home
@@ -44,15 +44,6 @@ pytestmark = [pytest.mark.claude, pytest.mark.e2e, pytest.mark.slow]
 
 PROMPT = "do hello"
 CONTENT = "written before the kill\n"
-
-
-def git_repo(path: Path) -> None:
-    path.mkdir()
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
-    (path / "README.md").write_text("project\n")
-    subprocess.run(["git", "add", "."], cwd=path, check=True)
-    ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", *ident, "commit", "-qm", "init"], cwd=path, check=True)
 
 
 def tc_env(home: Path, claude_env: dict[str, str]) -> dict[str, str]:

@@ -4,12 +4,11 @@ Claude Code CLI against the local Anthropic-protocol server, in a real git workt
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import journal_events, run_until_idle, submit, task
+from tests.helpers import git_repo, journal_events, run_until_idle, submit, task
 from tests.provider.server import ProviderServer, TurnUsage, text, tool
 from trafficcontrol.bootstrap import App, Home
 from trafficcontrol.domain.events import AgentSessionStarted, AttemptFinished, WorkspacePrepared
@@ -17,15 +16,6 @@ from trafficcontrol.domain.model import AgentSettings, Outcome, ProjectId, Proje
 from trafficcontrol.settings import RunSettings, Settings
 
 pytestmark = pytest.mark.claude
-
-
-def git_repo(path: Path) -> None:
-    path.mkdir()
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
-    (path / "README.md").write_text("project\n")
-    subprocess.run(["git", "add", "."], cwd=path, check=True)
-    ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", *ident, "commit", "-qm", "init"], cwd=path, check=True)
 
 
 async def test_claude_attempt_writes_in_its_worktree_and_journals_session_usage_cost(

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import msgspec
@@ -17,6 +16,7 @@ import pytest
 from tests.cli_helpers import spawn_tc, tc, tc_json
 from tests.helpers import (
     agent_argv,
+    git_repo,
     journal_events,
     make_app,
     project,
@@ -266,13 +266,6 @@ prompt = "runs until stopped"
 
 
 # -- interrupted attempts ----------------------------------------------------------------
-def _git_repo(path: Path) -> None:
-    path.mkdir()
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
-    (path / "f").write_text("x\n")
-    subprocess.run(["git", "add", "."], cwd=path, check=True)
-    ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", *ident, "commit", "-qm", "init"], cwd=path, check=True)
 
 
 async def _interrupt_then_finish(app: App, fifo: Path) -> None:
@@ -293,7 +286,7 @@ async def test_on_interrupt_policies_of_command_attempts(
     tmp_path: Path, policy: OnInterrupt
 ) -> None:
     repo = tmp_path / "repo"
-    _git_repo(repo)
+    git_repo(repo)
     fifo = tmp_path / "started"
     os.mkfifo(fifo)
     marker = tmp_path / "first-done"

@@ -69,6 +69,24 @@ class _Reporter:
         )
 
 
+def dispatched_event(command: Dispatch, now: float, logs_root: str) -> AttemptDispatched:
+    """The event that journals a dispatch; the log file is ``<logs>/<task>/<n>.log``
+    (``.jsonl`` for claude). A plain string: pathlib costs more than it helps here."""
+    suffix = ".jsonl" if command.backend == "claude" else ".log"
+    return AttemptDispatched(
+        at=now,
+        attempt_id=command.attempt_id,
+        task_id=command.task_id,
+        attempt_no=command.attempt_no,
+        backend=command.backend,
+        model=command.model,
+        resources=command.resources,
+        deadline=command.deadline,
+        log_path=f"{logs_root}/{command.task_id}/{command.attempt_no}{suffix}",
+        resume_of=command.resume_of,
+    )
+
+
 class AgentPool:
     def __init__(
         self,
@@ -92,21 +110,7 @@ class AgentPool:
         """Seconds from "task ready" to "agent started", when recording."""
 
     def dispatched_event(self, command: Dispatch, now: float) -> AttemptDispatched:
-        suffix = ".jsonl" if command.backend == "claude" else ".log"
-        # A plain string: this runs once per dispatch and pathlib costs more than it helps.
-        log_path = f"{self._logs_root}/{command.task_id}/{command.attempt_no}{suffix}"
-        return AttemptDispatched(
-            at=now,
-            attempt_id=command.attempt_id,
-            task_id=command.task_id,
-            attempt_no=command.attempt_no,
-            backend=command.backend,
-            model=command.model,
-            resources=command.resources,
-            deadline=command.deadline,
-            log_path=log_path,
-            resume_of=command.resume_of,
-        )
+        return dispatched_event(command, now, self._logs_root)
 
     def start(self, event: AttemptDispatched) -> None:
         ready_since = self.state.tasks[event.task_id].ready_since

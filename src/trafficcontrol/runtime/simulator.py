@@ -54,6 +54,7 @@ from trafficcontrol.domain.invariants import InvariantChecker, check_no_deadlock
 from trafficcontrol.domain.model import TaskState
 from trafficcontrol.domain.requests import SubmitRequest, plan_submit
 from trafficcontrol.domain.state import State, apply
+from trafficcontrol.runtime.pool import dispatched_event
 from trafficcontrol.runtime.recovery import interrupt_leftovers
 from trafficcontrol.runtime.sim_agents import SimAgents, sim_settings, with_hang_timeouts
 from trafficcontrol.runtime.sim_faults import Faults, SimOptions
@@ -221,20 +222,7 @@ class Simulator:
         return bool(decision.commands)
 
     def _dispatched_event(self, command: Dispatch) -> AttemptDispatched:
-        # As AgentPool.dispatched_event, under a virtual logs root.
-        suffix = ".jsonl" if command.backend == "claude" else ".log"
-        return AttemptDispatched(
-            at=self.now,
-            attempt_id=command.attempt_id,
-            task_id=command.task_id,
-            attempt_no=command.attempt_no,
-            backend=command.backend,
-            model=command.model,
-            resources=command.resources,
-            deadline=command.deadline,
-            log_path=f"{LOGS_ROOT}/{command.task_id}/{command.attempt_no}{suffix}",
-            resume_of=command.resume_of,
-        )
+        return dispatched_event(command, self.now, LOGS_ROOT)
 
     def _idle(self) -> bool:
         counts = self._live().counts
