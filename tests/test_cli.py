@@ -140,6 +140,10 @@ def test_run_finishes_the_backlog_and_reports_usage(tmp_path: Path) -> None:
     assert attempt["outcome"] == "succeeded" and attempt["simulated"] is True
     assert "[simulated]" in tc("logs", "docs#1", home=home).stdout
     assert "[simulated]" in tc("logs", "docs", home=home).stdout
+    followed = tc("logs", "docs#1", "--follow", home=home)  # ended: prints all, returns
+    assert followed.stdout == tc("logs", "docs#1", home=home).stdout
+    missing = tc("logs", "nope#1", home=home, check=False)
+    assert missing.returncode == 1 and "no attempt 'nope#1'" in missing.stderr
 
 
 def test_reads_work_and_cancel_reaches_a_running_orchestrator(tmp_path: Path) -> None:
