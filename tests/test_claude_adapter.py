@@ -139,6 +139,14 @@ async def test_scripted_run_writes_the_file_and_reports_session_usage_and_log(
         result.usage.cache_creation_tokens,
     ) == (157, 33, 37, 47)
     assert result.usage.cost_usd is not None and result.usage.cost_usd > 0
+    # Each scripted turn was reported once, as it streamed, with its input and cache
+    # tokens (output tokens are only final in the result).
+    assert [
+        (u.input_tokens, u.cache_read_tokens, u.cache_creation_tokens)
+        for _model, u in reporter.turns
+    ] == [(100, 30, 40), (50, 5, 6), (7, 2, 1)]
+    assert sum(u.output_tokens for _m, u in reporter.turns) <= result.usage.output_tokens
+    assert all(model is not None and "sonnet" in model for model, _u in reporter.turns)
     # The CLI led its own process group, and it is gone now.
     ((pid, pgid, create_time),) = reporter.processes
     assert pgid == pid != os.getpgrp() and create_time > 0

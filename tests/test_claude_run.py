@@ -11,7 +11,12 @@ import pytest
 from tests.helpers import git_repo, journal_events, run_until_idle, submit, task
 from tests.provider.server import ProviderServer, TurnUsage, text, tool
 from trafficcontrol.bootstrap import App, Home
-from trafficcontrol.domain.events import AgentSessionStarted, AttemptFinished, WorkspacePrepared
+from trafficcontrol.domain.events import (
+    AgentSessionStarted,
+    AttemptFinished,
+    TurnUsageReported,
+    WorkspacePrepared,
+)
 from trafficcontrol.domain.model import AgentSettings, Outcome, ProjectId, ProjectSpec, TaskState
 from trafficcontrol.settings import RunSettings, Settings
 
@@ -69,6 +74,11 @@ async def test_claude_attempt_writes_in_its_worktree_and_journals_session_usage_
     ) == (140, 34, 10, 5)
     assert finished.usage.cost_usd is not None and finished.usage.cost_usd > 0
     assert not finished.simulated
+    turns = [e.usage for e in events if isinstance(e, TurnUsageReported)]
+    assert [(u.input_tokens, u.cache_read_tokens) for u in turns] == [(120, 10), (20, 0)]
+    attempt = orchestrator.state.attempts["hello#1"]
+    assert attempt.turns == 2 and attempt.turn_usage is not None
+    assert attempt.turn_usage.input_tokens == finished.usage.input_tokens
     # The prompt the CLI sent is the task's, and the log is the attempt's JSONL file.
     assert "do hello" in provider.message_requests[0].user_texts()
     log = home / "logs" / "hello" / "1.jsonl"

@@ -74,6 +74,13 @@ class AttemptReporter(Protocol):
 
     def session_started(self, session_id: str) -> None: ...
 
+    def turn_usage(self, model: str | None, usage: Usage) -> None:
+        """Usage of one model turn as the provider reported it, while the attempt runs
+        (the capacity ledger counts it live; the attempt's end still reports the total).
+        Claude Code reports a turn's input and cache tokens as it starts; its output
+        tokens are only final in the attempt's result, so a turn's may be partial."""
+        ...
+
 
 class AgentBackend(Protocol):
     """One kind of agent (claude, command, sim)."""

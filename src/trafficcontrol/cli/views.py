@@ -73,6 +73,8 @@ def attempt_dict(attempt: AttemptRecord) -> dict[str, Any]:
         "error": attempt.error,
         "session_id": attempt.session_id,
         "usage": usage_dict(attempt.usage),
+        "turns": attempt.turns,
+        "turn_usage": usage_dict(attempt.turn_usage),
         "workdir": attempt.workdir,
         "branch": attempt.branch,
         "log_path": attempt.log_path,

@@ -69,6 +69,14 @@ class AgentSessionStarted(Event, tag="agent_session_started", frozen=True):
     session_id: str
 
 
+class TurnUsageReported(Event, tag="turn_usage_reported", frozen=True):
+    """One model turn's usage, as the provider reported it while the attempt ran."""
+
+    attempt_id: AttemptId
+    model: str | None
+    usage: Usage
+
+
 class AttemptStopRequested(Event, tag="attempt_stop_requested", frozen=True):
     attempt_id: AttemptId
     reason: StopReason
@@ -123,6 +131,7 @@ AnyEvent = (
     | AgentProcessStarted
     | AgentSessionStarted
     | AttemptStopRequested
+    | TurnUsageReported
     | AttemptFinished
     | TaskCancelRequested
     | TaskRetryRequested

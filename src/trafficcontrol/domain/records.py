@@ -62,6 +62,9 @@ class AttemptRecord(msgspec.Struct, kw_only=True):
     simulated: bool = False
     resume_of: AttemptId | None = None
     """The interrupted attempt this one continued."""
+    turn_usage: Usage | None = None
+    """Sum of the turns reported while it ran (None: no turn reported)."""
+    turns: int = 0
 
 
 class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):

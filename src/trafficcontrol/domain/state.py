@@ -37,6 +37,7 @@ from trafficcontrol.domain.events import (
     TaskCancelRequested,
     TaskRetryRequested,
     TaskWoken,
+    TurnUsageReported,
     WorkspacePrepared,
 )
 from trafficcontrol.domain.locks import LockTable
@@ -399,6 +400,12 @@ def apply(state: State, event: AnyEvent) -> State:
             attempt.base_commit = event.base_commit
         case AttemptStopRequested():
             _apply_stop(state, event)
+        case TurnUsageReported():
+            attempt = state.attempts[event.attempt_id]
+            attempt.turns += 1
+            attempt.turn_usage = (
+                event.usage if attempt.turn_usage is None else attempt.turn_usage + event.usage
+            )
         case TaskCancelRequested():
             _apply_cancel(state, event)
         case TaskRetryRequested():

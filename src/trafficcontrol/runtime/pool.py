@@ -23,10 +23,11 @@ from trafficcontrol.domain.events import (
     AgentSessionStarted,
     AttemptDispatched,
     AttemptFinished,
+    TurnUsageReported,
     WorkspacePrepared,
 )
 from trafficcontrol.domain.interrupts import settings_of
-from trafficcontrol.domain.model import AttemptId, Outcome, StopReason
+from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, Usage
 from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
 from trafficcontrol.ports import AgentBackend, AgentRequest, Clock, Workspace, Workspaces
@@ -58,6 +59,13 @@ class _Reporter:
                 pid=pid,
                 pgid=pgid,
                 create_time=create_time,
+            )
+        )
+
+    def turn_usage(self, model: str | None, usage: Usage) -> None:
+        self._inbox.put(
+            TurnUsageReported(
+                at=self._clock.now(), attempt_id=self._attempt_id, model=model, usage=usage
             )
         )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trafficcontrol.domain.model import Usage
+
 
 @dataclass
 class RecordingReporter:
@@ -11,9 +13,13 @@ class RecordingReporter:
 
     processes: list[tuple[int, int, float]] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)
+    turns: list[tuple[str | None, Usage]] = field(default_factory=list)
 
     def process_started(self, pid: int, pgid: int, create_time: float) -> None:
         self.processes.append((pid, pgid, create_time))
 
     def session_started(self, session_id: str) -> None:
         self.sessions.append(session_id)
+
+    def turn_usage(self, model: str | None, usage: Usage) -> None:
+        self.turns.append((model, usage))

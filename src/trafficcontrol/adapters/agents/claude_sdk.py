@@ -309,8 +309,13 @@ def _system_prompt(append: str | None) -> SystemPromptPreset:
 class AttemptStream:
     """Folds one run's messages into what the attempt learned, logging every one.
 
-    Only ``system/init`` and results are interpreted; any other message, of a type
-    known or not, is logged and otherwise ignored: ``feed`` never raises on content.
+    Only ``system/init``, assistant turns' usage and results are interpreted; any
+    other message, of a type known or not, is logged and otherwise ignored: ``feed``
+    never raises on content. Claude Code sends one assistant message per content block,
+    each carrying the usage of the whole API response so far, so a turn's usage is the
+    last one seen for its message id, reported when the next turn (or the result) comes.
+    Those messages carry the usage of the response's start (verified against the CLI):
+    input and cache tokens are exact, output tokens are only final in the result.
     """
 
     def __init__(self, log: JsonlLog, reporter: AttemptReporter, *, resumed: bool) -> None:
@@ -321,9 +326,25 @@ class AttemptStream:
         self.session_id: str | None = None
         self.result: ResultMessage | None = None
         self.pid: int | None = None
+        self._turn: tuple[str | None, str | None, Usage] | None = None
+        """(message id, model, usage) of the turn not yet reported."""
+
+    def _turn_seen(self, message_id: str | None, model: str | None, raw: object) -> None:
+        if not isinstance(raw, Mapping):
+            return
+        usage = _usage_of(raw, cost=None)
+        if self._turn is not None and (message_id is None or self._turn[0] != message_id):
+            self.flush_turn()
+        self._turn = (message_id, model, usage)
+
+    def flush_turn(self) -> None:
+        if self._turn is not None:
+            _id, model, usage = self._turn
+            self._turn = None
+            self._reporter.turn_usage(model, usage)
 
     def feed(self, message: object) -> None:
-        from claude_agent_sdk import ResultMessage, SystemMessage
+        from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage
 
         try:
             self._log.write(message_record(message))
@@ -332,7 +353,10 @@ class AttemptStream:
         session_id: object = None
         if isinstance(message, SystemMessage) and message.subtype == "init":
             session_id = message.data.get("session_id")
+        elif isinstance(message, AssistantMessage) and message.usage is not None:
+            self._turn_seen(message.message_id, message.model, message.usage)
         elif isinstance(message, ResultMessage):
+            self.flush_turn()
             self.result = message
             session_id = message.session_id
         if isinstance(session_id, str) and session_id and session_id != self.session_id:
@@ -355,6 +379,7 @@ class AttemptStream:
         return (": " + " | ".join(self._stderr)) if self._stderr else " (no stderr output)"
 
     def outcome(self, *, exit_code: int | None, error: str | None) -> AgentResult:
+        self.flush_turn()
         result = self.result
         usage = _usage(result, resumed=self._resumed) if result is not None else None
         session_id = self.session_id or (result.session_id if result is not None else None)
@@ -389,8 +414,11 @@ def describe_failure(result: ResultMessage) -> str:
 
 
 def _usage(result: ResultMessage, *, resumed: bool) -> Usage:
-    raw: Mapping[str, Any] = result.usage or {}
+    # After resume the CLI's cost is the whole session's (module notes).
+    return _usage_of(result.usage or {}, cost=None if resumed else result.total_cost_usd)
 
+
+def _usage_of(raw: Mapping[str, Any], *, cost: float | None) -> Usage:
     def tokens(key: str) -> int:
         value = raw.get(key)
         return value if isinstance(value, int) else 0
@@ -400,8 +428,7 @@ def _usage(result: ResultMessage, *, resumed: bool) -> Usage:
         output_tokens=tokens("output_tokens"),
         cache_read_tokens=tokens("cache_read_input_tokens"),
         cache_creation_tokens=tokens("cache_creation_input_tokens"),
-        # After resume the CLI's cost is the whole session's (module notes).
-        cost_usd=None if resumed else result.total_cost_usd,
+        cost_usd=cost,
     )
 
 
