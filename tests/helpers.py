@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,3 +113,18 @@ def git_repo(path: Path) -> None:
     subprocess.run(["git", "add", "."], cwd=path, check=True)
     ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", *ident, "commit", "-qm", "init"], cwd=path, check=True)
+
+
+def blocking_backlog(tmp_path: Path, task_id: str) -> tuple[Path, Path]:
+    """A backlog file whose one command task runs until stopped, and the FIFO its agent
+    writes once it runs (reading it waits for the agent: no sleeps)."""
+    started = tmp_path / "started"
+    os.mkfifo(started)
+    (tmp_path / "w").mkdir()
+    backlog = tmp_path / "blocking.toml"
+    argv = json.dumps(agent_argv("--started", str(started), "--block"))
+    backlog.write_text(
+        f'[[projects]]\nid = "w"\npath = "w"\nagent = "command"\ncommand = {argv}\n\n'
+        f'[[tasks]]\nid = "{task_id}"\nproject = "w"\nprompt = "runs until stopped"\n'
+    )
+    return backlog, started

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import spawn_tc, tc, tc_json
-from tests.helpers import AGENT, journal_events
+from tests.helpers import AGENT, blocking_backlog, journal_events
 
 pytestmark = pytest.mark.e2e
 
@@ -148,24 +148,8 @@ def test_run_finishes_the_backlog_and_reports_usage(tmp_path: Path) -> None:
 
 def test_reads_work_and_cancel_reaches_a_running_orchestrator(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    started = tmp_path / "started"
-    os.mkfifo(started)
-    (tmp_path / "w").mkdir()
-    (tmp_path / "blocking.toml").write_text(
-        f"""
-[[projects]]
-id = "w"
-path = "w"
-agent = "command"
-command = ["{os.sys.executable}", "{AGENT}", "--started", "{started}", "--block"]
-
-[[tasks]]
-id = "forever"
-project = "w"
-prompt = "never ends"
-"""
-    )
-    tc("submit", str(tmp_path / "blocking.toml"), home=home)
+    backlog, started = blocking_backlog(tmp_path, "forever")
+    tc("submit", str(backlog), home=home)
     runner = spawn_tc("run", "--no-live", home=home)
     try:
         assert started.read_text() == "started\n"  # blocks until the agent runs
@@ -191,24 +175,8 @@ prompt = "never ends"
 
 def test_sigterm_stops_run_gracefully(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    started = tmp_path / "started"
-    os.mkfifo(started)
-    (tmp_path / "w").mkdir()
-    (tmp_path / "b.toml").write_text(
-        f"""
-[[projects]]
-id = "w"
-path = "w"
-agent = "command"
-command = ["{os.sys.executable}", "{AGENT}", "--started", "{started}", "--block"]
-
-[[tasks]]
-id = "t"
-project = "w"
-prompt = "p"
-"""
-    )
-    tc("submit", str(tmp_path / "b.toml"), home=home)
+    backlog, started = blocking_backlog(tmp_path, "t")
+    tc("submit", str(backlog), home=home)
     runner = spawn_tc("run", "--no-live", home=home)
     assert started.read_text() == "started\n"
     runner.send_signal(signal.SIGTERM)

@@ -4,7 +4,6 @@ rollback as an event, and what interrupted attempts turn into."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import sqlite3
@@ -15,7 +14,7 @@ import pytest
 
 from tests.cli_helpers import spawn_tc, tc, tc_json
 from tests.helpers import (
-    agent_argv,
+    blocking_backlog,
     git_repo,
     journal_events,
     make_app,
@@ -225,25 +224,8 @@ def test_rollback_through_a_running_orchestrator_stops_affected_agents_first(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
-    started = tmp_path / "started"
-    os.mkfifo(started)
-    (tmp_path / "w").mkdir()
-    (tmp_path / "b.toml").write_text(
-        f"""
-[[projects]]
-id = "w"
-path = "w"
-agent = "command"
-lock_in_place = false
-command = {json.dumps(agent_argv("--started", str(started), "--block"))}
-
-[[tasks]]
-id = "blocker"
-project = "w"
-prompt = "runs until stopped"
-"""
-    )
-    tc("submit", str(tmp_path / "b.toml"), home=home)
+    backlog, started = blocking_backlog(tmp_path, "blocker")
+    tc("submit", str(backlog), home=home)
     assert "snapshot 1 written" in tc("snapshot", "create", home=home).stdout
     runner = spawn_tc("run", "--no-live", home=home)
     try:
