@@ -412,3 +412,27 @@ def test_check_says_how_to_install_a_missing_sdk(
     monkeypatch.setitem(sys.modules, "claude_agent_sdk", None)  # import now raises ImportError
     with pytest.raises(ConfigError, match=r"trafficcontrol\[claude\]"):
         ClaudeBackend(environ=claude_env).check()
+
+
+def test_rate_limit_events_are_reported_as_official_window_figures(tmp_path: Path) -> None:
+    from claude_agent_sdk import RateLimitEvent, RateLimitInfo
+
+    reporter = RecordingReporter()
+    with JsonlLog(tmp_path / "log.jsonl", secrets=[]) as log:
+        stream = AttemptStream(log, reporter, resumed=False)
+        info = RateLimitInfo(
+            status="allowed_warning",
+            resets_at=1_800_000_000,
+            rate_limit_type="seven_day_opus",
+            utilization=0.82,
+        )
+        stream.feed(RateLimitEvent(rate_limit_info=info, uuid="u", session_id="s"))
+        stream.feed(
+            RateLimitEvent(
+                rate_limit_info=RateLimitInfo(status="rejected"), uuid="v", session_id="s"
+            )
+        )
+    assert reporter.rate_limits == [
+        ("seven_day_opus", "allowed_warning", 0.82, 1_800_000_000.0),
+        ("unknown", "rejected", None, None),
+    ]

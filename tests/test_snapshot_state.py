@@ -80,3 +80,27 @@ def test_an_older_schema_loads_through_its_migration(monkeypatch: pytest.MonkeyP
 def test_bad_payloads_are_refused_with_the_reason(payload: bytes, message: str) -> None:
     with pytest.raises(snapshot.SnapshotSchemaError, match=message):
         snapshot.decode(payload)
+
+
+def test_provider_rate_limit_reports_survive_replay_snapshot_and_rollback() -> None:
+    from trafficcontrol.domain.events import RateLimitObserved, RolledBack
+
+    state = replay([])
+    first = RateLimitObserved(
+        at=1.0,
+        attempt_id="a#1",
+        window="five_hour",
+        status="allowed",
+        utilization=0.4,  # type: ignore[arg-type]
+        resets_at=100.0,
+    )
+    newer = msgspec.structs.replace(first, at=2.0, utilization=0.6)
+    apply(state, first)
+    data = snapshot.decode(snapshot.encode(state))
+    apply(state, newer)
+    assert state.rate_limits == {"five_hour": newer}
+    restored = snapshot.restore(snapshot.decode(snapshot.encode(state)))
+    assert restored.rate_limits == {"five_hour": newer}
+    # A rollback returns tasks to the past, not the provider's account of the present.
+    apply(state, RolledBack(at=3.0, version=1, snapshot=data))
+    assert state.rate_limits == {"five_hour": newer}

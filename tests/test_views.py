@@ -68,6 +68,7 @@ def test_live_view_shows_progress_counts_and_running_agents() -> None:
 def test_status_reports_usage_by_model_with_its_simulated_label() -> None:
     data = status_dict(_state(), orchestrator_running=False)
     assert data["by_state"]["done"] == 1
+    assert data["rate_limits"] == []
     assert data["usage_by_model"] == {
         "opus": {
             "input_tokens": 100,
@@ -77,4 +78,30 @@ def test_status_reports_usage_by_model_with_its_simulated_label() -> None:
             "cost_usd": 0.5,
             "simulated": True,
         }
+    }
+
+
+def test_status_labels_provider_rate_limits_as_reported() -> None:
+    from trafficcontrol.domain.events import RateLimitObserved
+
+    state = _state()
+    apply(
+        state,
+        RateLimitObserved(
+            at=0.0,
+            attempt_id="b#1",
+            window="five_hour",
+            status="allowed_warning",  # type: ignore[arg-type]
+            utilization=0.9,
+            resets_at=3600.0,
+        ),
+    )
+    [limit] = status_dict(state, orchestrator_running=True)["rate_limits"]
+    assert limit == {
+        "window": "five_hour",
+        "status": "allowed_warning",
+        "utilization": 0.9,
+        "resets_at": "1970-01-01T01:00:00+00:00",
+        "observed_at": "1970-01-01T00:00:00+00:00",
+        "reported": True,
     }

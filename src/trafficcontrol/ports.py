@@ -74,6 +74,13 @@ class AttemptReporter(Protocol):
 
     def session_started(self, session_id: str) -> None: ...
 
+    def rate_limit(
+        self, window: str, status: str, utilization: float | None, resets_at: float | None
+    ) -> None:
+        """The provider's own account of a limit window (Claude Code's rate-limit events:
+        five_hour, seven_day, seven_day_opus, seven_day_sonnet, overage, ...)."""
+        ...
+
     def turn_usage(self, model: str | None, usage: Usage) -> None:
         """Usage of one model turn as the provider reported it, while the attempt runs
         (the capacity ledger counts it live; the attempt's end still reports the total).

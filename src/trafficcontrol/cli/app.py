@@ -281,6 +281,13 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         out.print(views.running_table(state, time.time()))
     if state.attempts:
         out.print(views.usage_table(state))
+    for limit in data["rate_limits"]:
+        used = "" if limit["utilization"] is None else f" {limit['utilization']:.0%} used,"
+        out.print(
+            f"limit {limit['window']} (reported by the provider): {limit['status']},{used}"
+            f" resets {limit['resets_at'] or 'unknown'}",
+            highlight=False,
+        )
 
 
 @app.command()

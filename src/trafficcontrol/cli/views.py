@@ -143,6 +143,17 @@ def status_dict(state: State, *, orchestrator_running: bool) -> dict[str, Any]:
             for a in state.running.values()
         ],
         "usage_by_model": usage_by_model(state),
+        "rate_limits": [
+            {
+                "window": e.window,
+                "status": e.status,
+                "utilization": e.utilization,
+                "resets_at": when(e.resets_at),
+                "observed_at": when(e.at),
+                "reported": True,
+            }
+            for e in state.rate_limits.values()
+        ],
     }
 
 

@@ -77,6 +77,18 @@ class TurnUsageReported(Event, tag="turn_usage_reported", frozen=True):
     usage: Usage
 
 
+class RateLimitObserved(Event, tag="rate_limit_observed", frozen=True):
+    """A limit window as the provider reported it: official, so it wins over estimates."""
+
+    attempt_id: AttemptId
+    window: str
+    """five_hour | seven_day | seven_day_opus | seven_day_sonnet | overage | (newer ones)."""
+    status: str
+    """allowed | allowed_warning | rejected (as the provider says it)."""
+    utilization: float | None = None
+    resets_at: float | None = None
+
+
 class AttemptStopRequested(Event, tag="attempt_stop_requested", frozen=True):
     attempt_id: AttemptId
     reason: StopReason
@@ -132,6 +144,7 @@ AnyEvent = (
     | AgentSessionStarted
     | AttemptStopRequested
     | TurnUsageReported
+    | RateLimitObserved
     | AttemptFinished
     | TaskCancelRequested
     | TaskRetryRequested

@@ -67,6 +67,15 @@ class AttemptRecord(msgspec.Struct, kw_only=True):
     turns: int = 0
 
 
+class RateLimitReport(msgspec.Struct, frozen=True, kw_only=True):
+    window: str
+    status: str
+    utilization: float | None
+    resets_at: float | None
+    at: float
+    attempt_id: AttemptId
+
+
 class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):
     """Schema of a snapshot: what the journal would rebuild, without derived indices."""
 
@@ -78,3 +87,5 @@ class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):
     projects: list[ProjectSpec]
     tasks: list[TaskRecord]
     attempts: list[AttemptRecord]
+    rate_limits: list[RateLimitReport] = msgspec.field(default_factory=list)
+    """The newest provider report per limit window (added in schema 1; absent: none)."""

@@ -19,7 +19,8 @@ from typing import Any
 
 import msgspec
 
-from trafficcontrol.domain.records import SnapshotData
+from trafficcontrol.domain.events import RateLimitObserved
+from trafficcontrol.domain.records import RateLimitReport, SnapshotData
 from trafficcontrol.domain.state import State, rebuild_indices
 
 SCHEMA = 1
@@ -47,6 +48,17 @@ def capture(state: State) -> SnapshotData:
         projects=list(state.projects.values()),
         tasks=list(state.tasks.values()),
         attempts=list(state.attempts.values()),
+        rate_limits=[
+            RateLimitReport(
+                window=e.window,
+                status=e.status,
+                utilization=e.utilization,
+                resets_at=e.resets_at,
+                at=e.at,
+                attempt_id=e.attempt_id,
+            )
+            for e in state.rate_limits.values()
+        ],
     )
 
 
@@ -92,6 +104,17 @@ def restore(data: SnapshotData) -> State:
     state.next_ready_order = data.next_ready_order
     state.instance = data.instance
     state.running_orchestrator = data.running_orchestrator
+    state.rate_limits = {
+        r.window: RateLimitObserved(
+            at=r.at,
+            attempt_id=r.attempt_id,
+            window=r.window,
+            status=r.status,
+            utilization=r.utilization,
+            resets_at=r.resets_at,
+        )
+        for r in data.rate_limits
+    }
     state.projects = {p.id: p for p in data.projects}
     state.tasks = {
         t.spec.id: msgspec.structs.replace(t, attempts=list(t.attempts)) for t in data.tasks

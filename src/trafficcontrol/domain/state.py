@@ -33,6 +33,7 @@ from trafficcontrol.domain.events import (
     BacklogSubmitted,
     OrchestratorStarted,
     OrchestratorStopped,
+    RateLimitObserved,
     RolledBack,
     TaskCancelRequested,
     TaskRetryRequested,
@@ -80,6 +81,8 @@ class State:
         self.next_ready_order = 0
         self.instance: str | None = None
         self.running_orchestrator = False
+        self.rate_limits: dict[str, RateLimitObserved] = {}
+        """The newest provider report per limit window."""
         """True between an OrchestratorStarted and its OrchestratorStopped."""
 
     # -- queries ----------------------------------------------------------------
@@ -400,6 +403,8 @@ def apply(state: State, event: AnyEvent) -> State:
             attempt.base_commit = event.base_commit
         case AttemptStopRequested():
             _apply_stop(state, event)
+        case RateLimitObserved():
+            state.rate_limits[event.window] = event
         case TurnUsageReported():
             attempt = state.attempts[event.attempt_id]
             attempt.turns += 1

@@ -23,6 +23,7 @@ from trafficcontrol.domain.events import (
     AgentSessionStarted,
     AttemptDispatched,
     AttemptFinished,
+    RateLimitObserved,
     TurnUsageReported,
     WorkspacePrepared,
 )
@@ -59,6 +60,20 @@ class _Reporter:
                 pid=pid,
                 pgid=pgid,
                 create_time=create_time,
+            )
+        )
+
+    def rate_limit(
+        self, window: str, status: str, utilization: float | None, resets_at: float | None
+    ) -> None:
+        self._inbox.put(
+            RateLimitObserved(
+                at=self._clock.now(),
+                attempt_id=self._attempt_id,
+                window=window,
+                status=status,
+                utilization=utilization,
+                resets_at=resets_at,
             )
         )
 

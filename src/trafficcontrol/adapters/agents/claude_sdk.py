@@ -309,7 +309,8 @@ def _system_prompt(append: str | None) -> SystemPromptPreset:
 class AttemptStream:
     """Folds one run's messages into what the attempt learned, logging every one.
 
-    Only ``system/init``, assistant turns' usage and results are interpreted; any
+    Only ``system/init``, assistant turns' usage, rate-limit events and results are
+    interpreted; any
     other message, of a type known or not, is logged and otherwise ignored: ``feed``
     never raises on content. Claude Code sends one assistant message per content block,
     each carrying the usage of the whole API response so far, so a turn's usage is the
@@ -344,7 +345,12 @@ class AttemptStream:
             self._reporter.turn_usage(model, usage)
 
     def feed(self, message: object) -> None:
-        from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage
+        from claude_agent_sdk import (
+            AssistantMessage,
+            RateLimitEvent,
+            ResultMessage,
+            SystemMessage,
+        )
 
         try:
             self._log.write(message_record(message))
@@ -355,6 +361,14 @@ class AttemptStream:
             session_id = message.data.get("session_id")
         elif isinstance(message, AssistantMessage) and message.usage is not None:
             self._turn_seen(message.message_id, message.model, message.usage)
+        elif isinstance(message, RateLimitEvent):
+            info = message.rate_limit_info
+            self._reporter.rate_limit(
+                str(info.rate_limit_type or "unknown"),
+                str(info.status),
+                info.utilization,
+                None if info.resets_at is None else float(info.resets_at),
+            )
         elif isinstance(message, ResultMessage):
             self.flush_turn()
             self.result = message
