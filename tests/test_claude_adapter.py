@@ -436,3 +436,25 @@ def test_rate_limit_events_are_reported_as_official_window_figures(tmp_path: Pat
         ("seven_day_opus", "allowed_warning", 0.82, 1_800_000_000.0),
         ("unknown", "rejected", None, None),
     ]
+
+
+async def test_the_clis_rate_limit_event_from_provider_headers_is_reported(
+    provider: ProviderServer, claude_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Claude Code reads the unified rate-limit headers on subscription (OAuth) logins.
+    reset = 1_900_000_000
+    provider.response_headers = {
+        "anthropic-ratelimit-unified-status": "allowed",
+        "anthropic-ratelimit-unified-reset": str(reset),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+        "anthropic-ratelimit-unified-5h-reset": str(reset),
+    }
+    provider.script(text("hi"))
+    env = {**claude_env, "ANTHROPIC_API_KEY": "", "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-test"}
+    reporter = RecordingReporter()
+
+    result = await ClaudeBackend(environ=env).run(make_request(tmp_path, prompt="hi"), reporter)
+
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert ("five_hour", "allowed", None, float(reset)) in reporter.rate_limits
+    assert "sk-ant-oat01-test" not in (tmp_path / "logs" / "a1.jsonl").read_text()

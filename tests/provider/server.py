@@ -242,6 +242,8 @@ class ProviderServer:
         self._faults: list[_PendingFault] = []
         self._requests: list[RecordedRequest] = []
         self._stalled = 0
+        self.response_headers: dict[str, str] = {}
+        """Sent with every answered request (e.g. the provider's rate-limit headers)."""
         self._release_generation = 0
         self._stopping = False
         self._httpd = _Server((host, 0), _Handler)
@@ -469,6 +471,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
         self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
+        for name, value in self.server.provider.response_headers.items():
+            self.send_header(name, value)
         self.end_headers()
         for event in _sse_events(turn, model):
             payload = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
