@@ -22,21 +22,15 @@ import msgspec
 from trafficcontrol.domain.decide import (
     Command,
     Decision,
-    Dispatch,
     SchedulerConfig,
-    StopAttempt,
-    WakeTask,
     decide,
 )
 from trafficcontrol.domain.events import (
     AnyEvent,
-    AttemptDispatched,
     AttemptFinished,
-    AttemptStopRequested,
     BacklogSubmitted,
     TaskCancelRequested,
     TaskRetryRequested,
-    TaskWoken,
 )
 from trafficcontrol.domain.model import (
     AttemptId,
@@ -47,38 +41,16 @@ from trafficcontrol.domain.model import (
     TaskState,
 )
 from trafficcontrol.domain.state import State, apply, fold
+from trafficcontrol.runtime.pool import command_event
 
 Hook = Callable[[State, AnyEvent], None]
 
 _event_decoder = msgspec.json.Decoder(AnyEvent)
 
 
-def log_path_for(attempt_id: str) -> str:
-    return f"/virtual/logs/{attempt_id}.jsonl"
-
-
 def event_for(command: Command, now: float) -> AnyEvent:
-    """The event the shell journals before acting on ``command``."""
-    match command:
-        case Dispatch():
-            return AttemptDispatched(
-                at=now,
-                attempt_id=command.attempt_id,
-                task_id=command.task_id,
-                attempt_no=command.attempt_no,
-                backend=command.backend,
-                model=command.model,
-                resources=command.resources,
-                deadline=command.deadline,
-                log_path=log_path_for(command.attempt_id),
-            )
-        case StopAttempt():
-            return AttemptStopRequested(
-                at=now, attempt_id=command.attempt_id, reason=command.reason
-            )
-        case WakeTask():
-            return TaskWoken(at=now, task_id=command.task_id)
-    raise AssertionError(f"unknown command {command!r}")
+    """The event the shell journals before acting on ``command`` (the runtime's own)."""
+    return command_event(command, now, "/virtual/logs")
 
 
 def apply_decision(state: State, decision: Decision, now: float) -> list[AnyEvent]:

@@ -27,10 +27,7 @@ from typing import TypeVar
 
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.decide import (
-    Dispatch,
     SchedulerConfig,
-    StopAttempt,
-    WakeTask,
     decide,
 )
 from trafficcontrol.domain.events import (
@@ -40,7 +37,6 @@ from trafficcontrol.domain.events import (
     OrchestratorStarted,
     OrchestratorStopped,
     RolledBack,
-    TaskWoken,
 )
 from trafficcontrol.domain.model import AttemptId, StopReason, TaskState
 from trafficcontrol.domain.requests import (
@@ -185,19 +181,11 @@ class Orchestrator:
         if decision.commands and not self._stopping:
             now = self._clock.now()
             for command in decision.commands:
-                match command:
-                    case Dispatch():
-                        start = self.pool.dispatched_event(command, now)
-                        starts.append(start)
-                        event = start
-                    case StopAttempt():
-                        stop = AttemptStopRequested(
-                            at=now, attempt_id=command.attempt_id, reason=command.reason
-                        )
-                        stops.append(stop)
-                        event = stop
-                    case WakeTask():
-                        event = TaskWoken(at=now, task_id=command.task_id)
+                event = self.pool.command_event(command, now)
+                if isinstance(event, AttemptDispatched):
+                    starts.append(event)
+                elif isinstance(event, AttemptStopRequested):
+                    stops.append(event)
                 apply(self.state, event)
                 events.append(event)
         await self._append(events)

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import msgspec
 
-from trafficcontrol.domain.decide import Dispatch
+from trafficcontrol.domain.decide import Command, Dispatch, StopAttempt, WakeTask
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
     AgentSessionStarted,
     AttemptDispatched,
     AttemptFinished,
+    AttemptStopRequested,
     RateLimitObserved,
+    TaskWoken,
     TurnUsageReported,
     WorkspacePrepared,
 )
@@ -110,6 +112,22 @@ def dispatched_event(command: Dispatch, now: float, logs_root: str) -> AttemptDi
     )
 
 
+IntentEvent = AttemptDispatched | AttemptStopRequested | TaskWoken
+
+
+def command_event(command: Command, now: float, logs_root: str) -> IntentEvent:
+    """The event the shell journals before acting on one of ``decide``'s commands."""
+    match command:
+        case Dispatch():
+            return dispatched_event(command, now, logs_root)
+        case StopAttempt():
+            return AttemptStopRequested(
+                at=now, attempt_id=command.attempt_id, reason=command.reason
+            )
+        case WakeTask():
+            return TaskWoken(at=now, task_id=command.task_id)
+
+
 class AgentPool:
     def __init__(
         self,
@@ -132,8 +150,8 @@ class AgentPool:
         self.latencies: list[float] | None = [] if record_latency else None
         """Seconds from "task ready" to "agent started", when recording."""
 
-    def dispatched_event(self, command: Dispatch, now: float) -> AttemptDispatched:
-        return dispatched_event(command, now, self._logs_root)
+    def command_event(self, command: Command, now: float) -> IntentEvent:
+        return command_event(command, now, self._logs_root)
 
     def start(self, event: AttemptDispatched) -> None:
         ready_since = self.state.tasks[event.task_id].ready_since

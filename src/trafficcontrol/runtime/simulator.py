@@ -34,10 +34,7 @@ import random
 
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.decide import (
-    Dispatch,
     SchedulerConfig,
-    StopAttempt,
-    WakeTask,
     decide,
 )
 from trafficcontrol.domain.events import (
@@ -47,14 +44,13 @@ from trafficcontrol.domain.events import (
     AttemptStopRequested,
     OrchestratorStarted,
     OrchestratorStopped,
-    TaskWoken,
     WorkspacePrepared,
 )
 from trafficcontrol.domain.invariants import InvariantChecker, check_no_deadlock
 from trafficcontrol.domain.model import TaskState
 from trafficcontrol.domain.requests import SubmitRequest, plan_submit
 from trafficcontrol.domain.state import State, apply
-from trafficcontrol.runtime.pool import dispatched_event
+from trafficcontrol.runtime.pool import command_event
 from trafficcontrol.runtime.recovery import interrupt_leftovers
 from trafficcontrol.runtime.sim_agents import SimAgents, sim_settings, with_hang_timeouts
 from trafficcontrol.runtime.sim_faults import Faults, SimOptions
@@ -199,17 +195,11 @@ class Simulator:
         stops: list[AttemptStopRequested] = []
         for command in decision.commands:
             made: AnyEvent
-            match command:
-                case Dispatch():
-                    made = self._dispatched_event(command)
-                    starts.append(made)
-                case StopAttempt():
-                    made = AttemptStopRequested(
-                        at=self.now, attempt_id=command.attempt_id, reason=command.reason
-                    )
-                    stops.append(made)
-                case WakeTask():
-                    made = TaskWoken(at=self.now, task_id=command.task_id)
+            made = command_event(command, self.now, LOGS_ROOT)
+            if isinstance(made, AttemptDispatched):
+                starts.append(made)
+            elif isinstance(made, AttemptStopRequested):
+                stops.append(made)
             apply(state, made)
             events.append(made)
         self._commit(events)
@@ -220,9 +210,6 @@ class Simulator:
         if self._crash_after_acting:
             self._crash("orchestrator crash after acting on a batch", "orchestrator_crash")
         return bool(decision.commands)
-
-    def _dispatched_event(self, command: Dispatch) -> AttemptDispatched:
-        return dispatched_event(command, self.now, LOGS_ROOT)
 
     def _idle(self) -> bool:
         counts = self._live().counts
