@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.domain_driver import apply_decision
+from trafficcontrol.domain.capacity.routing import RoutingPolicy
 from trafficcontrol.domain.decide import (
     Decision,
     Dispatch,
@@ -210,6 +211,7 @@ def test_project_limit_and_default_per_project_limit() -> None:
 
 
 def test_per_model_limits_count_unset_models_as_default() -> None:
+    """With routing off, an unpinned task runs on the backend's default model."""
     state = submitted(
         task("o1", model="opus"),
         task("o2", model="opus"),
@@ -217,7 +219,11 @@ def test_per_model_limits_count_unset_models_as_default() -> None:
         task("d2"),
         task("s1", model="sonnet"),
     )
-    config = SchedulerConfig(max_agents=10, per_model={"opus": 1, "default": 1})
+    config = SchedulerConfig(
+        max_agents=10,
+        per_model={"opus": 1, "default": 1},
+        routing=RoutingPolicy(enabled=False),
+    )
     decision = run_pass(state, 1.0, config)
     assert dispatched(decision) == ["o1", "d1", "s1"]
     assert [c.model for c in dispatches(decision)] == [

@@ -15,6 +15,7 @@ from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.model import (
     AgentSettings,
     AttemptId,
+    LimitHit,
     Outcome,
     ProjectId,
     ProjectSpec,
@@ -65,6 +66,8 @@ class AgentResult:
     usage: Usage | None = None
     session_id: str | None = None
     simulated: bool = False
+    limit_hit: LimitHit | None = None
+    """Set when the attempt ended because the provider refused on a limit (class limit)."""
 
 
 class AttemptReporter(Protocol):

@@ -25,6 +25,15 @@ Design notes:
   :meth:`ProviderServer.release` or shutdown) exist; new kinds (SSE error
   mid-stream, dropped connection, malformed body) are one more branch in
   ``_Handler._apply_fault``.
+- **A hidden usage limit.** :meth:`ProviderServer.set_hidden_limit` plays a
+  provider whose window allows N tokens the client is not told of up front:
+  every delivered response adds its input + output tokens to the window's
+  counter, successful responses carry ``anthropic-ratelimit-tokens-*`` headers,
+  and once the counter has reached N every message request is refused with 429
+  (``rate_limit_error``, the reset in ``retry-after``,
+  ``anthropic-ratelimit-unified-reset`` and ``anthropic-ratelimit-tokens-reset``,
+  ``x-should-retry: false``) until :meth:`ProviderServer.new_window`. Times come
+  from the test; only ``retry-after`` reads the clock. Queued faults act first.
 - **Everything is recorded** (method, path, query, headers with secrets
   redacted, JSON body) so tests assert on what the client really sent. Waiting
   is on a condition variable (:meth:`ProviderServer.wait_for`), never a sleep.
@@ -33,11 +42,14 @@ Design notes:
 from __future__ import annotations
 
 import json
+import math
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType, TracebackType
@@ -246,6 +258,10 @@ class ProviderServer:
         """Sent with every answered request (e.g. the provider's rate-limit headers)."""
         self._release_generation = 0
         self._stopping = False
+        self._hidden_limit: int | None = None
+        self._resets_at = 0.0
+        self._window_tokens = 0
+        self._limit_hits = 0
         self._httpd = _Server((host, 0), _Handler)
         self._httpd.provider = self
         self._thread: threading.Thread | None = None
@@ -303,6 +319,22 @@ class ProviderServer:
         with self._lock:
             self._faults.append(_PendingFault(fault, skip=fault.after, remaining=fault.times))
 
+    def set_hidden_limit(self, tokens: int, *, resets_at: float) -> None:
+        """Refuse message requests with 429 once the window's counter reaches ``tokens``
+        (input + output of every delivered response); the window resets at ``resets_at``
+        (epoch seconds). The counter is kept: :meth:`new_window` zeroes it."""
+        with self._lock:
+            self._hidden_limit = tokens
+            self._resets_at = resets_at
+            self._lock.notify_all()
+
+    def new_window(self, resets_at: float) -> None:
+        """A fresh window: the counter starts again at zero; the next reset is ``resets_at``."""
+        with self._lock:
+            self._window_tokens = 0
+            self._resets_at = resets_at
+            self._lock.notify_all()
+
     def release(self) -> None:
         """Let every currently stalled request go on."""
         with self._lock:
@@ -318,6 +350,18 @@ class ProviderServer:
     @property
     def message_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and r.path == "/v1/messages"]
+
+    @property
+    def window_tokens(self) -> int:
+        """Input + output tokens delivered in the current window."""
+        with self._lock:
+            return self._window_tokens
+
+    @property
+    def limit_hits(self) -> int:
+        """How many requests the hidden limit refused with 429."""
+        with self._lock:
+            return self._limit_hits
 
     @property
     def stalled(self) -> int:
@@ -358,6 +402,38 @@ class ProviderServer:
             self._lock.notify_all()
             self._lock.wait_for(lambda: self._stopping or self._release_generation > generation)
             return not self._stopping
+
+    def _admit(self) -> tuple[str | None, dict[str, str]]:
+        """(the refusal's message, the 429's headers) when the hidden limit is reached;
+        else (None, the headers a successful answer carries)."""
+        with self._lock:
+            headers = dict(self.response_headers)
+            limit = self._hidden_limit
+            if limit is None:
+                return None, headers
+            reset = datetime.fromtimestamp(self._resets_at, UTC).isoformat().replace("+00:00", "Z")
+            remaining = max(0, limit - self._window_tokens)
+            headers |= {
+                "anthropic-ratelimit-tokens-limit": str(limit),
+                "anthropic-ratelimit-tokens-remaining": str(remaining),
+                "anthropic-ratelimit-tokens-reset": reset,
+            }
+            if self._window_tokens < limit:
+                return None, headers
+            self._limit_hits += 1
+            self._lock.notify_all()
+            resets_at = self._resets_at
+        headers |= {
+            "retry-after": str(max(0, math.ceil(resets_at - time.time()))),
+            "anthropic-ratelimit-unified-reset": str(int(resets_at)),
+            "x-should-retry": "false",
+        }
+        return f"usage limit reached, resets at {reset}", headers
+
+    def _delivered(self, turn: Turn) -> None:
+        with self._lock:
+            self._window_tokens += turn.usage.input_tokens + turn.usage.output_tokens
+            self._lock.notify_all()
 
     def _take_turn(self) -> Turn:
         with self._lock:
@@ -443,15 +519,21 @@ class _Handler(BaseHTTPRequestHandler):
         fault = provider._take_fault(model)
         if fault is not None and not self._apply_fault(fault):
             return
+        refusal, headers = provider._admit()
+        if refusal is not None:
+            self._send_error(429, refusal, headers)
+            return
         turn = provider._take_turn()
         try:
             if body.get("stream") is True:
-                self._stream(turn, model)
+                self._stream(turn, model, headers)
             else:
-                self._send_json(200, _message(turn, model))
+                self._send_json(200, _message(turn, model), headers)
         except OSError:  # the client went away (cancelled, timed out): retry gets the turn
             provider._give_back(turn)
             self.close_connection = True
+            return
+        provider._delivered(turn)
 
     def _apply_fault(self, fault: Fault) -> bool:
         """Act out ``fault``; True when the request should then be served normally."""
@@ -465,13 +547,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True  # shutting down: drop the connection
                 return False
 
-    def _stream(self, turn: Turn, model: str) -> None:
+    def _stream(self, turn: Turn, model: str, headers: Mapping[str, str]) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
         self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
-        for name, value in self.server.provider.response_headers.items():
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         for event in _sse_events(turn, model):

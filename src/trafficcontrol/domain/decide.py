@@ -16,15 +16,23 @@ event is what keeps ``decide`` from issuing it again.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import msgspec
 
+from trafficcontrol.domain.capacity.enforce import Refusal, RefusalReason
+from trafficcontrol.domain.capacity.families import ModelFamily, model_family
+from trafficcontrol.domain.capacity.limits import LimitCorrection
+from trafficcontrol.domain.capacity.routing import Route, RoutingPolicy, route, shift_down
+from trafficcontrol.domain.capacity.warnings import CapacityWarning
+from trafficcontrol.domain.capacity.windows import Window, windows_for
 from trafficcontrol.domain.heaps import iter_sorted
 from trafficcontrol.domain.interrupts import resumable
 from trafficcontrol.domain.locks import TentativeLocks
 from trafficcontrol.domain.model import AttemptId, ProjectId, StopReason, TaskId, TaskState
-from trafficcontrol.domain.state import State, model_key
+from trafficcontrol.domain.records import AttemptRecord
+from trafficcontrol.domain.state import State, model_key, task_size
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,6 +45,11 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
     starvation_after_s: float = 3600.0
     """A task ready for this long goes before higher priorities."""
     default_backend: str = "sim"
+    routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)
+    routed_backends: tuple[str, ...] = ("claude", "api", "sim")
+    """Backends that take a model name; others get a model only when a task pins one."""
+    capacity_scan: int = 256
+    """Ready tasks one pass may find refused by capacity before it stops looking."""
 
 
 class Dispatch(msgspec.Struct, frozen=True):
@@ -48,6 +61,24 @@ class Dispatch(msgspec.Struct, frozen=True):
     resources: tuple[str, ...]
     deadline: float | None
     resume_of: AttemptId | None = None
+    expected_units: float | None = None
+    route: str | None = None
+
+
+class DeferTask(msgspec.Struct, frozen=True):
+    """Journal that a ready task waits for capacity until ``until``."""
+
+    task_id: TaskId
+    until: float
+    reason: str
+
+
+class CorrectLimit(msgspec.Struct, frozen=True):
+    correction: LimitCorrection
+
+
+class Warn(msgspec.Struct, frozen=True):
+    warning: CapacityWarning
 
 
 class StopAttempt(msgspec.Struct, frozen=True):
@@ -59,7 +90,7 @@ class WakeTask(msgspec.Struct, frozen=True):
     task_id: TaskId
 
 
-Command = Dispatch | StopAttempt | WakeTask
+Command = Dispatch | StopAttempt | WakeTask | DeferTask | CorrectLimit | Warn
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -93,6 +124,88 @@ def task_resources(state: State, task_id: TaskId) -> tuple[str, ...]:
     return spec.resources
 
 
+def route_for(
+    state: State,
+    task_id: TaskId,
+    backend: str,
+    resumed: AttemptRecord | None,
+    now: float,
+    config: SchedulerConfig,
+) -> Route:
+    """The model of the task's next attempt and why (see ``capacity.routing``)."""
+    record = state.tasks[task_id]
+    spec = record.spec
+    project = state.projects[spec.project]
+    capacity = state.capacity
+    pinned, pinned_by = spec.model, "task"
+    if pinned is None and project.model is not None:
+        pinned, pinned_by = project.model, f"project {project.id}"
+    if resumed is not None:
+        pinned, pinned_by = resumed.model, f"the interrupted attempt {resumed.id} (same session)"
+        if pinned is None:
+            return Route(family=model_family(None), model=None, reason="resumed", firm=True)
+    elif pinned is None and backend not in config.routed_backends:
+        return Route(family=model_family(None), model=None, reason=f"{backend} default", firm=True)
+    ratio = config.routing.scarce_ratio
+    return route(
+        pinned=pinned,
+        pinned_by=pinned_by,
+        difficulty=spec.difficulty,
+        size=task_size(spec),
+        failures=record.failures,
+        policy=config.routing,
+        scarce=lambda family: capacity.limited and capacity.scarce(family, now, ratio),
+    )
+
+
+def _refusal_words(refusal: Refusal) -> str:
+    where = refusal.window.label if refusal.window is not None else "its family"
+    return {
+        RefusalReason.WINDOW_FULL: f"{where} window full",
+        RefusalReason.RESERVED: f"{where} held by running attempts",
+        RefusalReason.TOO_LARGE: f"too large for {where}",
+        RefusalReason.CONCURRENCY: "at its concurrency cap",
+    }[refusal.reason]
+
+
+class _Pending:
+    """Capacity held by the dispatches of this pass (not folded yet)."""
+
+    def __init__(self) -> None:
+        self.units: dict[Window, float] = {}
+        self.active: Counter[ModelFamily] = Counter()
+
+    def add(self, family: ModelFamily, units: float | None) -> None:
+        self.active[family] += 1
+        if units:
+            for window in windows_for(family):
+                self.units[window] = self.units.get(window, 0.0) + units
+
+
+def _admitted(
+    state: State,
+    task_id: TaskId,
+    chosen: Route,
+    now: float,
+    config: SchedulerConfig,
+    pending: _Pending,
+) -> tuple[Route, float | None, Refusal | None]:
+    """The route after capacity (shifted down when refused), its expected units, or why not."""
+    capacity = state.capacity
+    if not capacity.limited:
+        return chosen, None, None
+    size = task_size(state.tasks[task_id].spec)
+    while True:
+        expected = capacity.expected(chosen.family, size).high_units
+        refusal = capacity.admit(chosen.family, expected, now, pending.units, pending.active)
+        if refusal is None:
+            return chosen, expected, None
+        cheaper = shift_down(chosen, config.routing, _refusal_words(refusal))
+        if cheaper is None:
+            return chosen, expected, refusal
+        chosen = cheaper
+
+
 def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Command]:
     free = config.max_agents - len(state.running)
     if free <= 0 or not state.counts[TaskState.READY]:
@@ -101,6 +214,8 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
     locks = TentativeLocks(state.locks)
     by_project: dict[ProjectId, int] = {}
     by_model: dict[str, int] = {}
+    pending = _Pending()
+    refused = 0
     seen: set[TaskId] = set()
     for task_id in _candidates(state, now, config):
         if task_id in seen:
@@ -114,8 +229,10 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
             running = state.running_by_project[project.id] + by_project.get(project.id, 0)
             if running >= project_limit:
                 continue
-        model = spec.model or project.model
-        key = model_key(model)
+        resumed = resumable(state, task_id)
+        backend = resumed.backend if resumed else spec.agent or project.agent
+        chosen = route_for(state, task_id, backend, resumed, now, config)
+        key = model_key(chosen.model)
         model_limit = config.per_model.get(key)
         if (
             model_limit is not None
@@ -123,28 +240,51 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
         ):
             continue
         resources = task_resources(state, task_id)
-        if not locks.try_take(resources):
+        if not locks.can_take(resources):
             continue
+        chosen, expected, refusal = _admitted(state, task_id, chosen, now, config, pending)
+        if refusal is not None:
+            if refusal.reason is RefusalReason.WINDOW_FULL and refusal.possible_at is not None:
+                reason = f"capacity: {chosen.family.value} {_refusal_words(refusal)}"
+                out.append(DeferTask(task_id, refusal.possible_at, reason))
+            refused += 1
+            if refused >= config.capacity_scan:
+                break
+            continue
+        locks.try_take(resources)
+        key = model_key(chosen.model)
         by_project[project.id] = by_project.get(project.id, 0) + 1
         by_model[key] = by_model.get(key, 0) + 1
+        pending.add(chosen.family, expected)
         no = len(record.attempts) + 1
         timeout = spec.timeout_s if spec.timeout_s is not None else project.timeout_s
-        resumed = resumable(state, task_id)
         out.append(
             Dispatch(
                 task_id=task_id,
                 attempt_id=attempt_id_for(task_id, no),
                 attempt_no=no,
-                backend=resumed.backend if resumed else spec.agent or project.agent,
-                model=model,
+                backend=backend,
+                model=chosen.model,
                 resources=resources,
                 deadline=None if timeout is None else now + timeout,
                 resume_of=resumed.id if resumed else None,
+                expected_units=expected,
+                route=chosen.reason,
             )
         )
         free -= 1
         if free == 0:
             break
+    return out
+
+
+def _capacity_commands(state: State, now: float) -> list[Command]:
+    capacity = state.capacity
+    if not capacity.limited:
+        return []
+    out: list[Command] = [CorrectLimit(c) for c in capacity.hit_corrections()]
+    out.extend(CorrectLimit(c) for c in capacity.probes(now))
+    out.extend(Warn(w) for w in capacity.warnings_due(now))
     return out
 
 
@@ -173,6 +313,7 @@ def decide(state: State, now: float, config: SchedulerConfig) -> Decision:
     for attempt_id in sorted(state.stops_wanted):
         commands.append(StopAttempt(attempt_id, StopReason.CANCELLED))
 
+    commands.extend(_capacity_commands(state, now))
     commands.extend(_dispatches(state, now, config))
 
     if state.aging and state.counts[TaskState.READY]:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import msgspec
 
+from trafficcontrol.domain.capacity.limits import LimitCorrection
+from trafficcontrol.domain.capacity.tracker import CapacityConfig
+from trafficcontrol.domain.capacity.warnings import CapacityWarning
 from trafficcontrol.domain.model import (
     AttemptId,
+    LimitHit,
     Outcome,
     ProjectSpec,
     StopReason,
@@ -46,6 +50,10 @@ class AttemptDispatched(Event, tag="attempt_dispatched", frozen=True):
     log_path: str
     resume_of: AttemptId | None = None
     """The interrupted attempt this one continues (same worktree, same agent session)."""
+    expected_units: float | None = None
+    """Capacity reserved for it (usage units); None: nothing reserved."""
+    route: str | None = None
+    """Why this model: the routing decision in words."""
 
 
 class WorkspacePrepared(Event, tag="workspace_prepared", frozen=True):
@@ -102,6 +110,32 @@ class AttemptFinished(Event, tag="attempt_finished", frozen=True):
     usage: Usage | None = None
     session_id: str | None = None
     simulated: bool = False
+    limit_hit: LimitHit | None = None
+    """The provider refused on a limit: the task waits for the reset, no failure counted."""
+
+
+class TaskDeferred(Event, tag="task_deferred", frozen=True):
+    """A ready task waits for capacity: no window it could run in has room before ``until``."""
+
+    task_id: TaskId
+    until: float
+    reason: str
+
+
+class CapacityConfigured(Event, tag="capacity_configured", frozen=True):
+    """The plan the usage is metered against from here on (journaled when config changes)."""
+
+    config: CapacityConfig
+
+
+class LimitCorrected(Event, tag="limit_corrected", frozen=True):
+    """A window's effective limit moved, with its evidence (a limit hit, or a quiet window)."""
+
+    correction: LimitCorrection
+
+
+class CapacityWarned(Event, tag="capacity_warned", frozen=True):
+    warning: CapacityWarning
 
 
 class TaskCancelRequested(Event, tag="task_cancel_requested", frozen=True):
@@ -149,6 +183,10 @@ AnyEvent = (
     | TaskCancelRequested
     | TaskRetryRequested
     | TaskWoken
+    | TaskDeferred
+    | CapacityConfigured
+    | LimitCorrected
+    | CapacityWarned
     | OrchestratorStarted
     | OrchestratorStopped
     | RolledBack

@@ -40,7 +40,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from trafficcontrol.domain.decide import Decision, Dispatch, SchedulerConfig, task_resources
+from trafficcontrol.domain.decide import (
+    Decision,
+    DeferTask,
+    Dispatch,
+    SchedulerConfig,
+    route_for,
+    task_resources,
+)
 from trafficcontrol.domain.events import (
     AnyEvent,
     AttemptDispatched,
@@ -50,6 +57,7 @@ from trafficcontrol.domain.events import (
     OrchestratorStopped,
     RolledBack,
 )
+from trafficcontrol.domain.interrupts import resumable
 from trafficcontrol.domain.model import (
     AttemptId,
     Outcome,
@@ -355,14 +363,18 @@ def event_type(event: AnyEvent) -> str:
     return str(event.__struct_config__.tag)
 
 
-def check_no_deadlock(state: State, decision: Decision, config: SchedulerConfig) -> list[str]:
+def check_no_deadlock(
+    state: State, decision: Decision, config: SchedulerConfig, now: float = 0.0
+) -> list[str]:
     """A violation when a ready task could run and ``decision`` dispatches nothing.
 
     Locks and slots are counted from the running attempts, not from the state's lock
     table or counters. Reads the ready heap (live entries) to stay O(ready).
     """
-    if any(isinstance(c, Dispatch) for c in decision.commands):
+    if any(isinstance(c, Dispatch | DeferTask) for c in decision.commands):
         return []
+    if state.capacity.limited and state.running:
+        return []  # capacity held by running attempts may be what keeps ready work back
     if len(state.running) >= config.max_agents or not state.counts[TaskState.READY]:
         return []
     exclusive: set[str] = set()
@@ -383,7 +395,9 @@ def check_no_deadlock(state: State, decision: Decision, config: SchedulerConfig)
         limit = project.max_concurrent or config.per_project
         if limit is not None and by_project[project.id] >= limit:
             continue
-        key = model_key(spec.model or project.model)
+        resumed = resumable(state, task_id)
+        backend = resumed.backend if resumed else spec.agent or project.agent
+        key = model_key(route_for(state, task_id, backend, resumed, now, config).model)
         model_limit = config.per_model.get(key)
         if model_limit is not None and by_model[key] >= model_limit:
             continue

@@ -72,7 +72,7 @@ class TentativeLocks:
         self._exclusive: set[str] = set()
         self._shared: set[str] = set()
 
-    def try_take(self, resources: tuple[str, ...]) -> bool:
+    def can_take(self, resources: tuple[str, ...]) -> bool:
         if not resources:
             return True
         if not self._table.can_acquire(resources):
@@ -81,6 +81,11 @@ class TentativeLocks:
             name, shared = lock_name(resource)
             if name in self._exclusive or (not shared and name in self._shared):
                 return False
+        return True
+
+    def try_take(self, resources: tuple[str, ...]) -> bool:
+        if not self.can_take(resources):
+            return False
         for resource in resources:
             name, shared = lock_name(resource)
             (self._shared if shared else self._exclusive).add(name)

@@ -69,6 +69,23 @@ class StopReason(StrEnum):
     ROLLBACK = "rollback"
 
 
+class Difficulty(StrEnum):
+    """How hard a task is, as its author judges it: a routing hint."""
+
+    TRIVIAL = "trivial"
+    """Mechanical work (renames, formatting, small edits): the cheapest model will do."""
+    NORMAL = "normal"
+    HARD = "hard"
+    """Design, subtle bugs, large refactors: worth the premium model."""
+
+    @property
+    def tier(self) -> int:
+        return _DIFFICULTY_TIER[self]
+
+
+_DIFFICULTY_TIER = {Difficulty.TRIVIAL: 0, Difficulty.NORMAL: 1, Difficulty.HARD: 2}
+
+
 class OnInterrupt(StrEnum):
     """What happens to an attempt that the orchestrator's stop or death interrupted."""
 
@@ -115,6 +132,23 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+class LimitHit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The provider refused because a usage or rate limit was reached (HTTP 429,
+    Claude Code's "usage limit reached … resets at …"): evidence for learned limits."""
+
+    window: str | None = None
+    """The provider's window type when it says (five_hour, seven_day, seven_day_opus,
+    seven_day_sonnet, tokens, requests …); None: not said (the tightest window is assumed)."""
+    resets_at: float | None = None
+    """When the provider says the limit resets (epoch seconds), from headers or text."""
+    retry_after_s: float | None = None
+    """The provider's ``retry-after``, when given."""
+    status: int | None = None
+    """HTTP status, when known (429)."""
+    message: str = ""
+    """The provider's words, shortened (never a secret: errors carry no credentials)."""
+
+
 class SimSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """How a simulated agent behaves. Everything it produces is labelled simulated."""
 
@@ -131,6 +165,10 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     question: str | None = None
     """A question the agent asks a human (shown, not yet routed)."""
     seed: int = 0
+    needs: Difficulty | None = None
+    """The task's true difficulty: a model below it (haiku < sonnet < opus) fails with
+    ``underpowered_failure_rate`` (the routing benchmark's success model)."""
+    underpowered_failure_rate: float = 0.7
 
 
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -195,6 +233,9 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """``name`` for an exclusive lock, ``name:shared`` for a shared one."""
     agent: str | None = None
     model: str | None = None
+    """Pins the model (no routing); None: routed by difficulty and capacity."""
+    difficulty: Difficulty | None = None
+    """Routing hint: trivial -> haiku, hard -> opus; None: judged from the task's size."""
     timeout_s: float | None = None
     max_attempts: int | None = None
     """Attempts before the task fails for good (None: the project's)."""

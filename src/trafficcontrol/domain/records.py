@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import msgspec
 
+from trafficcontrol.domain.capacity.tracker import CapacitySnapshot
 from trafficcontrol.domain.model import (
     AttemptId,
+    LimitHit,
     Outcome,
     ProjectSpec,
     StopReason,
@@ -34,6 +36,8 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     finished_at: float | None = None
     cancel_requested: bool = False
     last_error: str | None = None
+    wait_reason: str | None = None
+    """Why it waits (state waiting): a back-off after a failure, or capacity."""
 
 
 class AttemptRecord(msgspec.Struct, kw_only=True):
@@ -65,6 +69,11 @@ class AttemptRecord(msgspec.Struct, kw_only=True):
     turn_usage: Usage | None = None
     """Sum of the turns reported while it ran (None: no turn reported)."""
     turns: int = 0
+    expected_units: float | None = None
+    """Capacity reserved for it at dispatch (usage units)."""
+    route: str | None = None
+    """Why it ran on its model."""
+    limit_hit: LimitHit | None = None
 
 
 class RateLimitReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,3 +98,5 @@ class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):
     attempts: list[AttemptRecord]
     rate_limits: list[RateLimitReport] = msgspec.field(default_factory=list)
     """The newest provider report per limit window (added in schema 1; absent: none)."""
+    capacity: CapacitySnapshot | None = None
+    """Ledger, learned limits, forecasts (added in schema 1; absent: nothing metered)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from trafficcontrol.domain.capacity.tracker import Capacity
 from trafficcontrol.domain.events import RateLimitObserved
 from trafficcontrol.domain.records import RateLimitReport, SnapshotData
 from trafficcontrol.domain.state import State, rebuild_indices
@@ -59,6 +60,7 @@ def capture(state: State) -> SnapshotData:
             )
             for e in state.rate_limits.values()
         ],
+        capacity=state.capacity.snapshot(),
     )
 
 
@@ -120,5 +122,7 @@ def restore(data: SnapshotData) -> State:
         t.spec.id: msgspec.structs.replace(t, attempts=list(t.attempts)) for t in data.tasks
     }
     state.attempts = {a.id: msgspec.structs.replace(a) for a in data.attempts}
+    if data.capacity is not None:
+        state.capacity = Capacity.restore(data.capacity)
     rebuild_indices(state)
     return state

@@ -23,6 +23,8 @@ from collections import Counter, deque
 
 import msgspec
 
+from trafficcontrol.domain.capacity.costs import SizeBucket, size_bucket
+from trafficcontrol.domain.capacity.tracker import Capacity, remainder
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
     AgentSessionStarted,
@@ -31,11 +33,15 @@ from trafficcontrol.domain.events import (
     AttemptFinished,
     AttemptStopRequested,
     BacklogSubmitted,
+    CapacityConfigured,
+    CapacityWarned,
+    LimitCorrected,
     OrchestratorStarted,
     OrchestratorStopped,
     RateLimitObserved,
     RolledBack,
     TaskCancelRequested,
+    TaskDeferred,
     TaskRetryRequested,
     TaskWoken,
     TurnUsageReported,
@@ -81,9 +87,11 @@ class State:
         self.next_ready_order = 0
         self.instance: str | None = None
         self.running_orchestrator = False
+        """True between an OrchestratorStarted and its OrchestratorStopped."""
         self.rate_limits: dict[str, RateLimitObserved] = {}
         """The newest provider report per limit window."""
-        """True between an OrchestratorStarted and its OrchestratorStopped."""
+        self.capacity = Capacity()
+        """Usage ledger, reservations, learned limits and forecasts (``domain.capacity``)."""
 
     # -- queries ----------------------------------------------------------------
     def live_attempt(self, task_id: TaskId) -> AttemptRecord | None:
@@ -104,6 +112,10 @@ class State:
 
 def model_key(model: str | None) -> str:
     return model or "default"
+
+
+def task_size(spec: TaskSpec) -> SizeBucket:
+    return size_bucket(len(spec.prompt))
 
 
 def rebuild_indices(state: State) -> None:
@@ -151,6 +163,15 @@ def rebuild_indices(state: State) -> None:
         if task.cancel_requested and attempt.stop_reason is None:
             state.stops_wanted.add(attempt.id)
     heapq.heapify(state.deadlines)
+    state.capacity.reset_running()
+    for attempt in state.running.values():
+        state.capacity.resume_running(
+            attempt.id,
+            attempt.model,
+            attempt.expected_units,
+            attempt.started_at,
+            size=task_size(state.tasks[attempt.task_id].spec),
+        )
 
 
 # -- transitions ----------------------------------------------------------------
@@ -166,6 +187,7 @@ def _make_ready(state: State, record: TaskRecord, at: float) -> None:
     state.next_ready_order += 1
     record.ready_order = order
     record.ready_since = at
+    record.wait_reason = None
     spec = record.spec
     heapq.heappush(state.ready, (spec.priority.rank, -spec.score, order, spec.id))
     state.aging.append((at, order, spec.id))
@@ -216,6 +238,8 @@ def _apply_dispatched(state: State, event: AttemptDispatched) -> None:
         deadline=event.deadline,
         log_path=event.log_path,
         resume_of=event.resume_of,
+        expected_units=event.expected_units,
+        route=event.route,
     )
     state.attempts[attempt.id] = attempt
     record.attempts.append(attempt.id)
@@ -228,6 +252,9 @@ def _apply_dispatched(state: State, event: AttemptDispatched) -> None:
     state.locks.acquire(attempt.id, attempt.resources)
     if attempt.deadline is not None:
         heapq.heappush(state.deadlines, (attempt.deadline, attempt.id))
+    state.capacity.dispatched(
+        attempt.id, attempt.model, attempt.expected_units, event.at, size=task_size(record.spec)
+    )
     _drop_stale_heads(state)
 
 
@@ -255,9 +282,11 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
     attempt.simulated = event.simulated
     if event.session_id is not None:
         attempt.session_id = event.session_id
+    attempt.limit_hit = event.limit_hit
+    record = state.tasks[attempt.task_id]
+    _meter_finished(state, attempt, record, event)
     state.running.pop(attempt.id, None)
     state.stops_wanted.discard(attempt.id)
-    record = state.tasks[attempt.task_id]
     state.running_by_project[record.spec.project] -= 1
     state.running_by_model[model_key(attempt.model)] -= 1
     state.locks.release(attempt.id, attempt.resources)
@@ -271,6 +300,8 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
         _finish_task(state, record, TaskState.DONE, event.at)
     elif outcome is Outcome.CANCELLED or record.cancel_requested:
         _finish_task(state, record, TaskState.CANCELLED, event.at)
+    elif event.limit_hit is not None:
+        _wait(state, record, _limit_reset(event), _limit_reason(event))
     elif outcome is Outcome.INTERRUPTED:
         if interrupt_policy(state, record.spec.id, attempt.backend) is OnInterrupt.FAIL:
             record.last_error = f"interrupted ({event.error}); on_interrupt = fail"
@@ -283,10 +314,74 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
         if record.failures >= limit:
             _finish_task(state, record, TaskState.FAILED, event.at)
         else:
-            _set_state(state, record, TaskState.WAITING)
             delay = record.spec.retry_backoff_s * 2 ** (record.failures - 1)
-            record.retry_at = event.at + delay
-            heapq.heappush(state.waiting, (record.retry_at, record.spec.id))
+            _wait(state, record, event.at + delay, f"retry after failure {record.failures}")
+
+
+LIMIT_WAIT_FALLBACK_S = 300.0
+"""How long a task waits after a limit hit whose reset time nobody said."""
+
+
+def _limit_reset(event: AttemptFinished) -> float:
+    hit = event.limit_hit
+    assert hit is not None
+    if hit.resets_at is not None and hit.resets_at > event.at:
+        return hit.resets_at
+    if hit.retry_after_s is not None and hit.retry_after_s > 0:
+        return event.at + hit.retry_after_s
+    return event.at + LIMIT_WAIT_FALLBACK_S
+
+
+def _limit_reason(event: AttemptFinished) -> str:
+    hit = event.limit_hit
+    assert hit is not None
+    return f"capacity: provider limit reached ({hit.window or 'window not said'})"
+
+
+def _wait(state: State, record: TaskRecord, until: float, reason: str) -> None:
+    _set_state(state, record, TaskState.WAITING)
+    record.retry_at = until
+    record.wait_reason = reason
+    heapq.heappush(state.waiting, (until, record.spec.id))
+
+
+def _meter_finished(
+    state: State, attempt: AttemptRecord, record: TaskRecord, event: AttemptFinished
+) -> None:
+    """The usage the turns did not report, the limit hit's evidence, the hold's release."""
+    capacity = state.capacity
+    project, agent = record.spec.project, attempt.backend
+    if event.usage is not None:
+        extra = remainder(event.usage, attempt.turn_usage)
+        if extra is not None:
+            capacity.usage(event.at, attempt.id, attempt.model, extra, project=project, agent=agent)
+    elif attempt.turns == 0 and attempt.session_id is not None:
+        capacity.usage(event.at, attempt.id, attempt.model, None, project=project, agent=agent)
+    if event.limit_hit is not None:
+        capacity.limit_hit(attempt.id, attempt.model, event.limit_hit, event.at)
+    learn = event.outcome in (Outcome.SUCCEEDED, Outcome.FAILED) and event.limit_hit is None
+    capacity.finished(attempt.id, learn=learn)
+
+
+def _apply_deferred(state: State, event: TaskDeferred) -> None:
+    record = state.tasks[event.task_id]
+    if record.state is not TaskState.READY:
+        return
+    _wait(state, record, event.until, event.reason)
+    _drop_stale_heads(state)
+
+
+def _apply_capacity_config(state: State, event: CapacityConfigured) -> None:
+    saved = msgspec.structs.replace(state.capacity.snapshot(), config=event.config)
+    state.capacity = Capacity.restore(saved)
+    for attempt in state.running.values():
+        state.capacity.resume_running(
+            attempt.id,
+            attempt.model,
+            attempt.expected_units,
+            attempt.started_at,
+            size=task_size(state.tasks[attempt.task_id].spec),
+        )
 
 
 def interrupt_policy(state: State, task_id: TaskId, backend: str) -> OnInterrupt:
@@ -405,12 +500,31 @@ def apply(state: State, event: AnyEvent) -> State:
             _apply_stop(state, event)
         case RateLimitObserved():
             state.rate_limits[event.window] = event
+            state.capacity.observe_signal(
+                event.window, event.utilization, event.resets_at, event.at
+            )
         case TurnUsageReported():
             attempt = state.attempts[event.attempt_id]
             attempt.turns += 1
             attempt.turn_usage = (
                 event.usage if attempt.turn_usage is None else attempt.turn_usage + event.usage
             )
+            state.capacity.usage(
+                event.at,
+                attempt.id,
+                event.model or attempt.model,
+                event.usage,
+                project=state.tasks[attempt.task_id].spec.project,
+                agent=attempt.backend,
+            )
+        case TaskDeferred():
+            _apply_deferred(state, event)
+        case LimitCorrected():
+            state.capacity.correct(event.correction)
+        case CapacityWarned():
+            state.capacity.warned(event.warning)
+        case CapacityConfigured():
+            _apply_capacity_config(state, event)
         case TaskCancelRequested():
             _apply_cancel(state, event)
         case TaskRetryRequested():

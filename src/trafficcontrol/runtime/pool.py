@@ -17,14 +17,25 @@ from pathlib import Path
 
 import msgspec
 
-from trafficcontrol.domain.decide import Command, Dispatch, StopAttempt, WakeTask
+from trafficcontrol.domain.decide import (
+    Command,
+    CorrectLimit,
+    DeferTask,
+    Dispatch,
+    StopAttempt,
+    WakeTask,
+    Warn,
+)
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
     AgentSessionStarted,
     AttemptDispatched,
     AttemptFinished,
     AttemptStopRequested,
+    CapacityWarned,
+    LimitCorrected,
     RateLimitObserved,
+    TaskDeferred,
     TaskWoken,
     TurnUsageReported,
     WorkspacePrepared,
@@ -109,10 +120,19 @@ def dispatched_event(command: Dispatch, now: float, logs_root: str) -> AttemptDi
         deadline=command.deadline,
         log_path=f"{logs_root}/{command.task_id}/{command.attempt_no}{suffix}",
         resume_of=command.resume_of,
+        expected_units=command.expected_units,
+        route=command.route,
     )
 
 
-IntentEvent = AttemptDispatched | AttemptStopRequested | TaskWoken
+IntentEvent = (
+    AttemptDispatched
+    | AttemptStopRequested
+    | TaskWoken
+    | TaskDeferred
+    | LimitCorrected
+    | CapacityWarned
+)
 
 
 def command_event(command: Command, now: float, logs_root: str) -> IntentEvent:
@@ -126,6 +146,14 @@ def command_event(command: Command, now: float, logs_root: str) -> IntentEvent:
             )
         case WakeTask():
             return TaskWoken(at=now, task_id=command.task_id)
+        case DeferTask():
+            return TaskDeferred(
+                at=now, task_id=command.task_id, until=command.until, reason=command.reason
+            )
+        case CorrectLimit():
+            return LimitCorrected(at=now, correction=command.correction)
+        case Warn():
+            return CapacityWarned(at=now, warning=command.warning)
 
 
 class AgentPool:
@@ -279,4 +307,5 @@ class AgentPool:
             usage=result.usage,
             session_id=result.session_id,
             simulated=result.simulated,
+            limit_hit=result.limit_hit,
         )

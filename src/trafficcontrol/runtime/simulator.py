@@ -189,7 +189,7 @@ class Simulator:
         for event in events:
             apply(state, event)
         decision = decide(state, self.now, self.config)
-        self.violations.extend(check_no_deadlock(state, decision, self.config))
+        self.violations.extend(check_no_deadlock(state, decision, self.config, self.now))
         self._next_wakeup = decision.next_wakeup
         starts: list[AttemptDispatched] = []
         stops: list[AttemptStopRequested] = []

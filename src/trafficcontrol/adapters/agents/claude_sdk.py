@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args
 
 import psutil
 
+from trafficcontrol.adapters.agents.limit_errors import limit_hit_from_result
 from trafficcontrol.adapters.agents.process_group import (
     RUN_MARKER_ENV,
     create_time_of,
@@ -65,9 +66,10 @@ from trafficcontrol.adapters.agents.process_group import (
     signal_group,
     stop_marked,
 )
+from trafficcontrol.adapters.system_clock import SystemClock
 from trafficcontrol.domain.model import AgentSettings, Outcome, Usage
 from trafficcontrol.errors import AgentError, ConfigError
-from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter
+from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter, Clock
 
 if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions, ResultMessage
@@ -319,10 +321,18 @@ class AttemptStream:
     input and cache tokens are exact, output tokens are only final in the result.
     """
 
-    def __init__(self, log: JsonlLog, reporter: AttemptReporter, *, resumed: bool) -> None:
+    def __init__(
+        self,
+        log: JsonlLog,
+        reporter: AttemptReporter,
+        *,
+        resumed: bool,
+        clock: Clock | None = None,
+    ) -> None:
         self._log = log
         self._reporter = reporter
         self._resumed = resumed
+        self._clock = clock or SystemClock()
         self._stderr: deque[str] = deque(maxlen=_STDERR_TAIL)
         self.session_id: str | None = None
         self.result: ResultMessage | None = None
@@ -403,12 +413,15 @@ class AttemptStream:
             )
         if error is None:
             error = describe_failure(result) if result else "Claude Code ended without a result"
+        error = self._log.redact(error)
+        status = result.api_error_status if result is not None else None
         return AgentResult(
             Outcome.FAILED,
             exit_code=exit_code,
-            error=self._log.redact(error),
+            error=error,
             usage=usage,
             session_id=session_id,
+            limit_hit=limit_hit_from_result(status, error, self._clock.now()),
         )
 
 

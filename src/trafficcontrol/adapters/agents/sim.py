@@ -20,6 +20,7 @@ from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter, Clo
 _PRICES = {"opus": (15.0, 75.0), "sonnet": (3.0, 15.0), "haiku": (0.8, 4.0)}
 # Bigger models write more per turn in the simulation.
 _OUTPUT_SHARE = {"opus": 0.3, "sonnet": 0.2, "haiku": 0.15}
+_TIER = {"haiku": 0, "sonnet": 1, "opus": 2}
 
 
 def model_family(model: str | None) -> str:
@@ -60,8 +61,14 @@ def draw_attempt(
     rng = random.Random(zlib.crc32(f"{seed}:{sim.seed}:{attempt_id}".encode()))
     session_id = f"sim-{rng.getrandbits(64):016x}"
     duration = max(0.0, sim.duration_s * rng.uniform(1 - sim.jitter, 1 + sim.jitter))
-    fails = attempt_no <= sim.fail_attempts or rng.random() < sim.failure_rate
     family = model_family(model)
+    # Draw the roll only when it decides (the draw order keeps old seeds' attempts as they were).
+    fails = attempt_no <= sim.fail_attempts
+    if not fails:
+        roll = rng.random()
+        fails = roll < sim.failure_rate
+        if sim.needs is not None and _TIER[family] < sim.needs.tier:
+            fails = roll < max(sim.failure_rate, sim.underpowered_failure_rate)
     tokens_in = int(sim.tokens_in * rng.uniform(0.5, 1.5))
     return SimDraw(session_id, duration, fails, family, simulated_usage(family, tokens_in))
 

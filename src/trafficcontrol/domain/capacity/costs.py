@@ -97,6 +97,16 @@ class _Stats:
         self.mean += delta / self.n
         self.m2 += delta * (x - self.mean)
 
+    def merge(self, n: int, mean: float, m2: float) -> None:
+        """Fold in another sample set's (n, mean, m2) (Chan et al.'s parallel form)."""
+        if n == 0:
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.mean += delta * n / total
+        self.n = total
+
     def posterior(self, prior_mean: float, prior_var: float, weight: float) -> tuple[float, float]:
         """(mean, variance) shrunk towards the prior."""
         total = weight + self.n
@@ -121,6 +131,19 @@ class CostModel:
         """A finished attempt of ``key`` used ``units``."""
         self._by_key.setdefault(key, _Stats()).add(units)
         self._by_family_size.setdefault((key.family, key.size), _Stats()).add(units)
+
+    def export(self) -> list[tuple[CostKey, int, float, float]]:
+        """Every key's (n, mean, m2): the per-(family, size) sums follow from them."""
+        return [(key, st.n, st.mean, st.m2) for key, st in self._by_key.items()]
+
+    def load(self, saved: list[tuple[CostKey, int, float, float]]) -> None:
+        self._by_key.clear()
+        self._by_family_size.clear()
+        for key, n, mean, m2 in saved:
+            stats = self._by_key.setdefault(key, _Stats())
+            stats.n, stats.mean, stats.m2 = n, mean, m2
+            group = self._by_family_size.setdefault((key.family, key.size), _Stats())
+            group.merge(n, mean, m2)
 
     def expected(self, key: CostKey) -> CostEstimate:
         base = self.prior.units_by_size.get(key.size, 0.0)

@@ -32,6 +32,7 @@ its cap of concurrent attempts.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from enum import StrEnum
 
 import msgspec
@@ -143,23 +144,28 @@ class CapacityBook:
         hold = self._holds.get(attempt_id)
         return None if hold is None else hold.reservation
 
-    def reserve(
-        self, attempt_id: str, family: ModelFamily, expected_units: float, now: float
-    ) -> Reservation | Refusal:
-        """Hold ``expected_units`` for an attempt if every window has room; else say why not.
+    def check(
+        self,
+        family: ModelFamily,
+        expected_units: float,
+        now: float,
+        pending: Mapping[Window, float] | None = None,
+        pending_active: Mapping[ModelFamily, int] | None = None,
+    ) -> Refusal | None:
+        """Would an attempt of ``family`` expecting ``expected_units`` fit? Mutates nothing.
 
-        Idempotent: reserving an id that already holds returns its reservation.
-        """
+        ``pending`` / ``pending_active`` are holds decided but not yet folded (the other
+        dispatches of the same ``decide`` pass), so one pass cannot jointly overshoot."""
         if expected_units < 0:
             raise ValueError(f"expected_units must be >= 0, got {expected_units}")
-        held = self._holds.get(attempt_id)
-        if held is not None:
-            return held.reservation
         limited = tuple(w for w in windows_for(family) if self.budget(w) is not None)
-        refusal = self._refusal(limited, expected_units, now)
+        refusal = self._refusal(limited, expected_units, now, pending or {})
+        if refusal is not None:
+            return refusal
         cap = self.plan.family(family).max_concurrent
-        if refusal is None and cap is not None and self._active[family] >= cap:
-            refusal = Refusal(
+        active = self._active[family] + (pending_active or {}).get(family, 0)
+        if cap is not None and active >= cap:
+            return Refusal(
                 reason=RefusalReason.CONCURRENCY,
                 window=None,
                 possible_at=None,
@@ -167,20 +173,43 @@ class CapacityBook:
                 needed=1,
                 available=0,
             )
-        if refusal is not None:
-            return refusal
+        return None
+
+    def hold(
+        self, attempt_id: str, family: ModelFamily, expected_units: float, now: float
+    ) -> Reservation:
+        """Hold ``expected_units`` unconditionally (the fold of a journaled dispatch, which
+        ``check`` admitted). Idempotent per attempt id."""
+        held = self._holds.get(attempt_id)
+        if held is not None:
+            return held.reservation
         reservation = Reservation(
             attempt_id=attempt_id,
             family=family,
-            expected_units=expected_units,
+            expected_units=max(expected_units, 0.0),
             at=now,
-            windows=limited,
+            windows=tuple(w for w in windows_for(family) if self.budget(w) is not None),
         )
         self._holds[attempt_id] = _Hold(reservation)
         for window in windows_for(family):
-            self._reserved[window] += expected_units
+            self._reserved[window] += reservation.expected_units
         self._active[family] += 1
         return reservation
+
+    def reserve(
+        self, attempt_id: str, family: ModelFamily, expected_units: float, now: float
+    ) -> Reservation | Refusal:
+        """Hold ``expected_units`` for an attempt if every window has room; else say why not.
+
+        Idempotent: reserving an id that already holds returns its reservation.
+        """
+        held = self._holds.get(attempt_id)
+        if held is not None:
+            return held.reservation
+        refusal = self.check(family, expected_units, now)
+        if refusal is not None:
+            return refusal
+        return self.hold(attempt_id, family, expected_units, now)
 
     def reconcile(self, attempt_id: str, actual_units: float) -> float | None:
         """The attempt has used ``actual_units`` so far (already in the ledger): its hold
@@ -243,14 +272,21 @@ class CapacityBook:
         for window in windows_for(hold.reservation.family):
             self._reserved[window] = max(self._reserved[window] + delta, 0.0)
 
-    def _refusal(self, windows: tuple[Window, ...], expected: float, now: float) -> Refusal | None:
+    def _refusal(
+        self,
+        windows: tuple[Window, ...],
+        expected: float,
+        now: float,
+        pending: Mapping[Window, float],
+    ) -> Refusal | None:
         refusals: list[Refusal] = []
         for window in windows:
             limit = self.limits.effective(window)
             assert limit is not None
             budget = limit * (1.0 - self.plan.safety_margin)
             figure = self.ledger.figure(window, now, limit)
-            used, reserved = figure.used_units, self._reserved[window]
+            used = figure.used_units
+            reserved = self._reserved[window] + pending.get(window, 0.0)
             if used + reserved + expected <= budget:
                 continue
             if expected > budget:

@@ -88,6 +88,27 @@ class BurnRate:
             self._bucket_units = 0.0
         self._bucket_units += units
 
+    def export(self) -> tuple[float | None, float, float, float, float, int]:
+        """The fold's state (for snapshots)."""
+        return (
+            self._bucket_start,
+            self._bucket_units,
+            self._mean,
+            self._var,
+            self._sum_w2,
+            self._n,
+        )
+
+    def load(self, saved: tuple[float | None, float, float, float, float, int]) -> None:
+        (
+            self._bucket_start,
+            self._bucket_units,
+            self._mean,
+            self._var,
+            self._sum_w2,
+            self._n,
+        ) = saved
+
     def estimate(self, now: float) -> RateEstimate:
         """The rate from every bucket closed by ``now`` (does not change the fold)."""
         mean, var, sum_w2, n = self._mean, self._var, self._sum_w2, self._n
@@ -218,6 +239,13 @@ class Forecaster:
             return
         self._rates[family].observe(at, units)
         self._rates[None].observe(at, units)
+
+    def export(self) -> list[tuple[float | None, float, float, float, float, int]]:
+        return [self._rates[pool].export() for pool in (None, *ModelFamily)]
+
+    def load(self, saved: list[tuple[float | None, float, float, float, float, int]]) -> None:
+        for pool, state in zip((None, *ModelFamily), saved, strict=True):
+            self._rates[pool].load(state)
 
     def rate(self, window: Window, now: float) -> RateEstimate:
         return self._rates[window.family].estimate(now)

@@ -44,6 +44,8 @@ class CapacityWarning(msgspec.Struct, frozen=True, kw_only=True):
     limit_at: float | None = None
     """Projected time of reaching the limit (PROJECTED_OVERRUN warnings)."""
     limit_at_earliest: float | None = None
+    window_start: float | None = None
+    """Start of the window instance it was about (one warning per threshold per instance)."""
 
     @property
     def text(self) -> str:
@@ -68,10 +70,10 @@ class WarningTracker:
         self.thresholds = tuple(sorted(thresholds))
         self._fired: dict[Window, tuple[float | None, frozenset[float], bool]] = {}
 
-    def check(
+    def pending(
         self, figure: WindowFigure, projection: Projection | None, now: float
     ) -> list[CapacityWarning]:
-        """New warnings for ``figure`` (and its projection, if given) at ``now``."""
+        """Warnings ``figure`` (and its projection, if given) calls for; mutates nothing."""
         limit = figure.limit
         if limit is None or limit <= 0:
             return []
@@ -88,14 +90,13 @@ class WarningTracker:
             utilization=utilization,
             source=figure.source,
             resets_at=figure.end,
+            window_start=figure.start,
         )
         out: list[CapacityWarning] = []
         top = crossed(utilization, fired, self.thresholds)
         if top is not None:
-            fired = fired | {t for t in self.thresholds if t <= top}
             out.append(msgspec.structs.replace(base, threshold=top))
         if not overrun and projection is not None and projection.crosses_before_reset:
-            overrun = True
             out.append(
                 msgspec.structs.replace(
                     base,
@@ -104,5 +105,24 @@ class WarningTracker:
                     limit_at_earliest=projection.limit_at_earliest,
                 )
             )
-        self._fired[figure.window] = (figure.start, fired, overrun)
+        return out
+
+    def remember(self, warning: CapacityWarning) -> None:
+        """``warning`` was given (live, or replayed from the journal): do not repeat it."""
+        start, fired, overrun = self._fired.get(warning.window, (None, frozenset(), False))
+        if start != warning.window_start:
+            fired, overrun = frozenset(), False
+        if warning.kind is WarningKind.THRESHOLD and warning.threshold is not None:
+            fired = fired | {t for t in self.thresholds if t <= warning.threshold}
+        else:
+            overrun = True
+        self._fired[warning.window] = (warning.window_start, fired, overrun)
+
+    def check(
+        self, figure: WindowFigure, projection: Projection | None, now: float
+    ) -> list[CapacityWarning]:
+        """New warnings for ``figure`` (and its projection, if given) at ``now``."""
+        out = self.pending(figure, projection, now)
+        for warning in out:
+            self.remember(warning)
         return out

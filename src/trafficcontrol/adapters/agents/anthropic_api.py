@@ -1,0 +1,239 @@
+"""The ``api`` backend: one attempt is one Messages API call, through ``anthropic``.
+
+Design notes
+------------
+- **One call, no agent loop.** The prompt goes out as the single user message (with
+  ``settings.system_prompt`` as the system prompt) and the answer is the attempt's
+  output. No tools run: this backend is for steps that need an answer (analysis,
+  review, summaries), and it drives the provider's limit path with the real client.
+- **One retry layer.** The client runs with ``max_retries=0``. The orchestrator owns
+  retries: it classifies the failure, and on a limit (``AgentResult.limit_hit``)
+  waits for the reset the provider named instead of hammering it. Retrying here too
+  would multiply attempts and hide the provider's refusal from the capacity code.
+- **Streaming.** Headers arrive when the stream opens, so the provider's rate-limit
+  windows are reported before the body; usage comes from ``message_start`` (input and
+  cache tokens) and ``message_delta`` (cumulative output). A stream cut or cancelled
+  midway still reports the tokens it had spent, once.
+- **Credentials only from** ``environ`` (``ANTHROPIC_API_KEY``, else
+  ``ANTHROPIC_AUTH_TOKEN``; empty counts as unset) and the base URL with them, passed
+  explicitly so the client never looks at the process environment or profiles on
+  disk. The key never reaches the log (redacted) or an error message.
+- The ``anthropic`` package is optional: it is imported inside functions only, so this
+  module imports without it and ``check()`` can say how to install it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from trafficcontrol.adapters.agents.claude_sdk import JsonlLog
+from trafficcontrol.adapters.agents.limit_errors import (
+    limit_hit_from_http,
+    rate_limit_headers,
+    shorten,
+)
+from trafficcontrol.domain.model import LimitHit, Outcome, Usage
+from trafficcontrol.errors import AgentError, ConfigError
+from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter, Clock
+
+if TYPE_CHECKING:
+    from anthropic import APIStatusError, AsyncAnthropic
+    from anthropic.types import MessageDeltaUsage
+    from anthropic.types import Usage as ApiUsage
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MAX_TOKENS = 4096
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+_RATE_LIMIT_ERROR = "rate_limit_error"
+
+
+class ApiBackend:
+    """Runs attempts as single Messages API calls (needs the ``anthropic`` package)."""
+
+    name = "api"
+
+    def __init__(
+        self,
+        *,
+        environ: Mapping[str, str],
+        clock: Clock,
+        model: str = DEFAULT_MODEL,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        timeout_s: float = 600.0,
+    ) -> None:
+        """``environ`` supplies ``ANTHROPIC_BASE_URL`` and the credentials (bootstrap
+        passes ``os.environ``); ``model`` is used when the request names none;
+        ``max_tokens`` caps the answer; ``timeout_s`` bounds one HTTP exchange."""
+        self._base_url = environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
+        self._api_key = environ.get("ANTHROPIC_API_KEY") or None
+        self._auth_token = None if self._api_key else environ.get("ANTHROPIC_AUTH_TOKEN") or None
+        self._clock = clock
+        self._model = model
+        self._max_tokens = max_tokens
+        self._timeout_s = timeout_s
+
+    def check(self) -> None:
+        _require_anthropic()
+        if self._api_key is None and self._auth_token is None:
+            raise ConfigError(
+                "the api backend has no credentials: set ANTHROPIC_API_KEY "
+                "(or ANTHROPIC_AUTH_TOKEN for a bearer token)"
+            )
+
+    async def run(self, request: AgentRequest, reporter: AttemptReporter) -> AgentResult:
+        try:
+            self.check()
+        except ConfigError as e:
+            raise AgentError(e.message) from e
+        import anthropic
+        import httpx2
+
+        model = request.model or self._model
+        try:
+            log = JsonlLog(
+                request.log_path, secrets=[s for s in (self._api_key, self._auth_token) if s]
+            )
+        except OSError as e:
+            raise AgentError(f"cannot write the attempt log {request.log_path}: {e}") from e
+        turn = _TurnUsage(model, reporter, log)
+        try:
+            log.write({"type": "request", "model": model, "base_url": self._base_url})
+            async with self._client() as client:
+                text = await self._call(client, request, model, turn, reporter)
+        except anthropic.APIStatusError as e:
+            return self._refused(e, turn, reporter, log)
+        except (anthropic.APIConnectionError, httpx2.TransportError) as e:
+            error = f"cannot reach the provider at {self._base_url}: {e}"
+            return _failed(error, turn, log)
+        except anthropic.APIError as e:  # e.g. a response that does not fit the schema
+            return _failed(f"provider response not understood: {e.message}", turn, log)
+        else:
+            log.write({"type": "text", "text": text})
+            return AgentResult(Outcome.SUCCEEDED, usage=turn.usage)
+        finally:
+            turn.report()  # on cancellation too: the tokens were spent
+            log.close()
+
+    def _client(self) -> AsyncAnthropic:
+        from anthropic import AsyncAnthropic
+
+        return AsyncAnthropic(
+            api_key=self._api_key,
+            auth_token=self._auth_token,
+            base_url=self._base_url,
+            max_retries=0,
+            timeout=self._timeout_s,
+        )
+
+    async def _call(
+        self,
+        client: AsyncAnthropic,
+        request: AgentRequest,
+        model: str,
+        turn: _TurnUsage,
+        reporter: AttemptReporter,
+    ) -> str:
+        from anthropic import omit
+        from anthropic.types import RawMessageDeltaEvent, RawMessageStartEvent
+
+        async with client.messages.stream(
+            model=model,
+            max_tokens=self._max_tokens,
+            system=request.settings.system_prompt or omit,
+            messages=[{"role": "user", "content": request.prompt}],
+        ) as stream:
+            self._report_windows(stream.response.headers, reporter)
+            async for event in stream:
+                if isinstance(event, RawMessageStartEvent):
+                    turn.started(event.message.usage)
+                elif isinstance(event, RawMessageDeltaEvent):
+                    turn.delta(event.usage)
+            message = await stream.get_final_message()
+        return "".join(block.text for block in message.content if block.type == "text")
+
+    def _report_windows(self, headers: Mapping[str, str], reporter: AttemptReporter) -> None:
+        for window, utilization, resets_at in rate_limit_headers(headers, self._clock.now()):
+            status = "rejected" if utilization >= 1.0 else "allowed"
+            reporter.rate_limit(window, status, utilization, resets_at)
+
+    def _refused(
+        self, e: APIStatusError, turn: _TurnUsage, reporter: AttemptReporter, log: JsonlLog
+    ) -> AgentResult:
+        headers = e.response.headers
+        self._report_windows(headers, reporter)
+        message = shorten(e.api_message or e.message)
+        # A rate-limit error event inside a started stream arrives with the stream's 200.
+        status = 429 if e.type == _RATE_LIMIT_ERROR else e.status_code
+        limit_hit = limit_hit_from_http(status, headers, message, self._clock.now())
+        if limit_hit is not None:
+            return _failed(f"rate limited: {message}", turn, log, limit_hit=limit_hit)
+        return _failed(f"provider answered HTTP {e.status_code}: {message}", turn, log)
+
+
+def _require_anthropic() -> None:
+    try:
+        import anthropic  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            "the api backend needs the anthropic package: pip install anthropic"
+        ) from e
+
+
+def _failed(
+    error: str, turn: _TurnUsage, log: JsonlLog, *, limit_hit: LimitHit | None = None
+) -> AgentResult:
+    error = log.redact(error)
+    log.write({"type": "error", "error": error, "limit_hit": limit_hit is not None})
+    return AgentResult(Outcome.FAILED, error=error, usage=turn.usage, limit_hit=limit_hit)
+
+
+class _TurnUsage:
+    """The one call's usage as the stream reports it, reported to the ledger once."""
+
+    def __init__(self, model: str, reporter: AttemptReporter, log: JsonlLog) -> None:
+        self._model = model
+        self._reporter = reporter
+        self._log = log
+        self.usage: Usage | None = None
+        self._reported = False
+
+    def started(self, usage: ApiUsage) -> None:
+        self.usage = Usage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_input_tokens or 0,
+            cache_creation_tokens=usage.cache_creation_input_tokens or 0,
+        )
+
+    def delta(self, usage: MessageDeltaUsage) -> None:
+        """``message_delta`` counts are cumulative: they replace, never add."""
+        now = self.usage or Usage()
+        self.usage = Usage(
+            input_tokens=_or(usage.input_tokens, now.input_tokens),
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=_or(usage.cache_read_input_tokens, now.cache_read_tokens),
+            cache_creation_tokens=_or(usage.cache_creation_input_tokens, now.cache_creation_tokens),
+        )
+
+    def report(self) -> None:
+        if self._reported or self.usage is None:
+            return
+        self._reported = True
+        self._reporter.turn_usage(self._model, self.usage)
+        u = self.usage
+        self._log.write(
+            {
+                "type": "usage",
+                "model": self._model,
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+                "cache_read_tokens": u.cache_read_tokens,
+                "cache_creation_tokens": u.cache_creation_tokens,
+            }
+        )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
