@@ -231,6 +231,7 @@ class App:
             request_poll_s=self.settings.run.request_poll_s,
             record_latency=record_latency,
             snapshotter=self._snapshotter(instance),
+            capacity=self.settings.capacity,
         )
 
     def _kill_marked(self, markers: Collection[str]) -> set[str]:

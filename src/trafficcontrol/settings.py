@@ -12,6 +12,8 @@ from typing import Literal
 
 import msgspec
 
+from trafficcontrol.domain.capacity.routing import RoutingPolicy
+from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.errors import ConfigError
 
@@ -51,6 +53,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     run: RunSettings = msgspec.field(default_factory=RunSettings)
     claude: ClaudeSettings = msgspec.field(default_factory=ClaudeSettings)
     sim: SimConfig = msgspec.field(default_factory=SimConfig)
+    capacity: CapacityConfig = msgspec.field(default_factory=CapacityConfig)
+    """The plan usage is metered against: windows, limits, weights (see README, Capacity)."""
+    routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)
+    """Which model each attempt runs on (see README, Model routing)."""
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -58,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             per_model=dict(self.run.per_model),
             per_project=self.run.per_project,
             starvation_after_s=self.run.starvation_after_s,
+            routing=self.routing,
         )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from trafficcontrol.domain import snapshot
+from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.decide import (
     SchedulerConfig,
     decide,
@@ -34,6 +35,7 @@ from trafficcontrol.domain.events import (
     AnyEvent,
     AttemptDispatched,
     AttemptStopRequested,
+    CapacityConfigured,
     OrchestratorStarted,
     OrchestratorStopped,
     RolledBack,
@@ -73,8 +75,10 @@ class Orchestrator:
         request_poll_s: float = 0.2,
         record_latency: bool = False,
         snapshotter: Snapshotter | None = None,
+        capacity: CapacityConfig | None = None,
     ) -> None:
         self._journal = journal
+        self._capacity = capacity
         self._backends = backends
         self._clock = clock
         self.scheduler = scheduler
@@ -149,6 +153,8 @@ class Orchestrator:
                 self._kill_marked,
             )
         )
+        if self._capacity is not None and self._capacity != self.state.capacity.config:
+            events.append(CapacityConfigured(at=self._clock.now(), config=self._capacity))
         events.append(
             OrchestratorStarted(
                 at=self._clock.now(),

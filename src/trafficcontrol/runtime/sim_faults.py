@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from trafficcontrol.domain.capacity.tracker import CapacityConfig
+
 AGENT_CRASH_ERROR = "simulated agent crash: the agent process died (signal 9)"
 
 
@@ -78,3 +80,7 @@ class SimOptions(msgspec.Struct, frozen=True, kw_only=True):
     """A run with more journal events than this is reported as not settling."""
     check_recovery: bool = True
     """After each recovery, compare snapshot + tail with a full replay of the journal."""
+    capacity: CapacityConfig | None = None
+    """The plan to meter usage against (journaled at the start, as ``tc run`` does)."""
+    until_s: float | None = None
+    """Stop the run at this virtual time even if work is left (the report says unsettled)."""

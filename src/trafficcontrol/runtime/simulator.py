@@ -42,6 +42,7 @@ from trafficcontrol.domain.events import (
     AnyEvent,
     AttemptDispatched,
     AttemptStopRequested,
+    CapacityConfigured,
     OrchestratorStarted,
     OrchestratorStopped,
     WorkspacePrepared,
@@ -130,6 +131,8 @@ class Simulator:
         submitted = plan_submit(State(), self.request, 0.0)  # BacklogError, as tc submit
         if submitted is not None:
             self._append([submitted])  # tc submit wrote it before any orchestrator ran
+        if self.options.capacity is not None:
+            self._append([CapacityConfigured(at=0.0, config=self.options.capacity)])
         settled = False
         while not self.violations:
             if len(self.journal) > self.options.max_events:
@@ -156,6 +159,8 @@ class Simulator:
             except _Crash:
                 continue
             if not self._advance():
+                break
+            if self.options.until_s is not None and self.now >= self.options.until_s:
                 break
         self.checker.finish(self.replica, settled=settled)
         return self.report(settled=settled and not self.violations)

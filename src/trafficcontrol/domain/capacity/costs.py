@@ -53,7 +53,7 @@ class CostKey(msgspec.Struct, frozen=True, kw_only=True):
     size: SizeBucket
 
 
-class CostPrior(msgspec.Struct, frozen=True, kw_only=True):
+class CostPrior(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """What an attempt is assumed to cost before any attempt of its kind finished."""
 
     units_by_size: dict[SizeBucket, float] = msgspec.field(

@@ -36,7 +36,7 @@ import msgspec
 from trafficcontrol.domain.capacity.windows import Window, WindowKind
 
 
-class LearningPolicy(msgspec.Struct, frozen=True, kw_only=True):
+class LearningPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """How fast learned limits move."""
 
     probe_step: float = 0.02

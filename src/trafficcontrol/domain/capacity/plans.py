@@ -34,7 +34,7 @@ from trafficcontrol.domain.capacity.windows import (
 from trafficcontrol.domain.model import Usage
 
 
-class UnitWeights(msgspec.Struct, frozen=True, kw_only=True):
+class UnitWeights(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """How one family's tokens turn into usage units."""
 
     input: float = 1.0
@@ -74,7 +74,9 @@ def _check_limit(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be > 0 (or unset for no limit), got {value}")
 
 
-class FamilyPlan(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class FamilyPlan(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """One model family's allowance under a subscription."""
 
     session_units: float | None = None
@@ -93,7 +95,9 @@ class FamilyPlan(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
 
 
-class SharedLimits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class SharedLimits(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """Limits that every family's usage counts against together."""
 
     session_units: float | None = None
@@ -106,7 +110,7 @@ class SharedLimits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
         _check_limit("weekly_units", self.weekly_units)
 
 
-class SubscriptionPlan(msgspec.Struct, frozen=True, kw_only=True):
+class SubscriptionPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """A Pro/Max-style plan: rolling 5-hour sessions and weekly windows, in usage units."""
 
     families: dict[ModelFamily, FamilyPlan] = msgspec.field(default_factory=dict)

@@ -38,7 +38,7 @@ def tier(family: ModelFamily) -> int:
     return TIERS.index(family)
 
 
-class RoutingPolicy(msgspec.Struct, frozen=True, kw_only=True):
+class RoutingPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     enabled: bool = True
     """False: unpinned attempts run on the backend's default model (no model is passed)."""
     models: dict[ModelFamily, str] = msgspec.field(

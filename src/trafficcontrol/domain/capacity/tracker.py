@@ -56,7 +56,7 @@ _PRUNE_EVERY_S = 86400.0
 _KEEP_WARNINGS = 50
 
 
-class CapacityConfig(msgspec.Struct, frozen=True, kw_only=True):
+class CapacityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """What the fold needs to meter usage (journaled when it changes: replay uses it)."""
 
     plan: SubscriptionPlan = msgspec.field(default_factory=SubscriptionPlan)

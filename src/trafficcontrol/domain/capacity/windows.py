@@ -76,7 +76,7 @@ ALL_WINDOWS: tuple[Window, ...] = tuple(
 )
 
 
-class WeeklyReset(msgspec.Struct, frozen=True, kw_only=True):
+class WeeklyReset(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """When weekly windows reset: a weekday and a wall-clock time in a timezone."""
 
     weekday: int = 0
