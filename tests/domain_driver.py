@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from trafficcontrol.domain.capacity.windows import ALL_WINDOWS
 from trafficcontrol.domain.decide import (
     Command,
     Decision,
@@ -215,4 +216,6 @@ def canonical(state: State) -> dict[str, Any]:
         "next_ready_order": state.next_ready_order,
         "instance": state.instance,
         "running_orchestrator": state.running_orchestrator,
+        "capacity": msgspec.to_builtins(state.capacity.snapshot()),
+        "reserved": {w.label: state.capacity.book.reserved(w) for w in ALL_WINDOWS},
     }

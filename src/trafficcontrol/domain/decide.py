@@ -200,6 +200,8 @@ def _admitted(
         refusal = capacity.admit(chosen.family, expected, now, pending.units, pending.active)
         if refusal is None:
             return chosen, expected, None
+        if refusal.reason is RefusalReason.RESERVED:
+            return chosen, expected, refusal  # room frees when a holder ends: wait for it
         cheaper = shift_down(chosen, config.routing, _refusal_words(refusal))
         if cheaper is None:
             return chosen, expected, refusal
