@@ -133,7 +133,7 @@ def test_run_finishes_the_backlog_and_reports_usage(tmp_path: Path) -> None:
     status = tc_json("status", home=home)
     assert status["by_state"]["done"] == 3
     assert status["orchestrator_running"] is False
-    usage = status["usage_by_model"]["sim"]
+    usage = status["usage_by_model"]["sonnet"]  # routed: default tier
     assert usage["simulated"] is True and usage["input_tokens"] > 0
     shown = tc_json("show", "docs", home=home)
     attempt = shown["attempt_list"][0]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from trafficcontrol.adapters.agents.anthropic_api import ApiBackend
 from trafficcontrol.adapters.agents.command import CommandBackend
 from trafficcontrol.adapters.agents.process_group import kill_leftover_group, kill_marked
 from trafficcontrol.adapters.agents.sim import SimBackend
@@ -214,6 +215,7 @@ class App:
             "command": CommandBackend(environ=self.environ, grace_s=grace),
         }
         backends["claude"] = _claude_backend(self)
+        backends["api"] = ApiBackend(environ=self.environ, clock=self.clock)
         return backends
 
     def orchestrator(self, *, record_latency: bool = False) -> Orchestrator:

@@ -29,6 +29,7 @@ import msgspec
 from trafficcontrol.adapters.workspaces.git import is_git_repo
 from trafficcontrol.domain.model import (
     AgentSettings,
+    Difficulty,
     OnInterrupt,
     Priority,
     ProjectId,
@@ -63,6 +64,8 @@ class SimEntry(_Strict, frozen=True, kw_only=True):
     tokens_in: int = 4000
     question: str | None = None
     seed: int = 0
+    needs: Difficulty | None = None
+    underpowered_failure_rate: float = 0.7
 
 
 class _AgentEntry(_Strict, frozen=True, kw_only=True):
@@ -99,6 +102,7 @@ class TaskEntry(_AgentEntry, frozen=True, kw_only=True):
     resources: list[str] = msgspec.field(default_factory=list)
     agent: str | None = None
     model: str | None = None
+    difficulty: Difficulty | None = None
     timeout: float | None = None
     max_attempts: int | None = None
     on_interrupt: OnInterrupt | None = None
@@ -122,6 +126,8 @@ def _settings(entry: _AgentEntry) -> AgentSettings | None:
             tokens_in=sim.tokens_in,
             question=sim.question,
             seed=sim.seed,
+            needs=sim.needs,
+            underpowered_failure_rate=sim.underpowered_failure_rate,
         )
     if all(v is None for v in values.values()):
         return None
@@ -220,6 +226,7 @@ def to_request(
             resources=tuple(entry.resources),
             agent=entry.agent,
             model=entry.model,
+            difficulty=entry.difficulty,
             timeout_s=entry.timeout,
             max_attempts=entry.max_attempts,
             on_interrupt=entry.on_interrupt,

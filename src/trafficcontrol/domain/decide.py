@@ -202,6 +202,10 @@ def _admitted(
             return chosen, expected, None
         if refusal.reason is RefusalReason.RESERVED:
             return chosen, expected, refusal  # room frees when a holder ends: wait for it
+        if refusal.window is not None and refusal.window.family is None:
+            # A shared window is full for every family alike: a cheaper model would only
+            # squeeze in work it is not meant for; wait for the reset instead.
+            return chosen, expected, refusal
         cheaper = shift_down(chosen, config.routing, _refusal_words(refusal))
         if cheaper is None:
             return chosen, expected, refusal

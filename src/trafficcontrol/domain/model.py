@@ -207,7 +207,7 @@ class ProjectSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     is_git: bool = False
     """A git work tree: each attempt gets its own worktree and branch."""
     agent: str = "sim"
-    """Default backend of its tasks: claude | command | sim."""
+    """Default backend of its tasks: api | claude | command | sim."""
     model: str | None = None
     max_concurrent: int | None = None
     """At most this many agents at once on this project (None: only the global limit)."""

@@ -22,7 +22,7 @@ from trafficcontrol.domain.model import ProjectSpec, TaskId, TaskSpec, TaskState
 from trafficcontrol.domain.state import State
 from trafficcontrol.errors import BacklogError, UnknownTaskError
 
-BACKENDS = frozenset({"claude", "command", "sim"})
+BACKENDS = frozenset({"api", "claude", "command", "sim"})
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

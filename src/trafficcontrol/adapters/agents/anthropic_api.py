@@ -42,10 +42,17 @@ if TYPE_CHECKING:
     from anthropic.types import MessageDeltaUsage
     from anthropic.types import Usage as ApiUsage
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
+"""The newest Sonnet the pinned ``anthropic`` knows and does not call deprecated
+(``claude-sonnet-4-5`` reached its end of life on 2026-11-30)."""
+MODEL_ALIASES = {
+    "opus": "claude-opus-5-5",
+    "sonnet": DEFAULT_MODEL,
+    "haiku": "claude-haiku-5-5",
+}
+"""Routing names families the way Claude Code does ("opus"); the Messages API wants ids."""
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 _RATE_LIMIT_ERROR = "rate_limit_error"
 
 
@@ -91,6 +98,7 @@ class ApiBackend:
         import httpx2
 
         model = request.model or self._model
+        model = MODEL_ALIASES.get(model, model)
         try:
             log = JsonlLog(
                 request.log_path, secrets=[s for s in (self._api_key, self._auth_token) if s]

@@ -13,7 +13,9 @@ Design note. Three inputs, applied in this order, each leaving its words in the 
    a hint or an escalation does not (that work waits for opus instead: it is where opus
    pays). ``decide`` additionally shifts any unpinned choice down one tier when the
    chosen family is refused outright (window full, concurrency cap) and the cheaper one
-   fits — unless the choice came from a hard hint or an escalation.
+   fits — unless the choice came from a hard hint or an escalation, or the full window is
+   one all families share (a cheaper model would only squeeze in work meant for a better
+   one; that work waits for the reset).
 
 A task or project that names a model is pinned: routing records that and changes nothing.
 Rejected: routing on a global success-rate model (needs far more history than a backlog
