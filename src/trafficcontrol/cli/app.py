@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from trafficcontrol import __version__
 from trafficcontrol.adapters.backlog_file import read_backlog
@@ -31,6 +32,7 @@ from trafficcontrol.domain.model import (
     TaskSpec,
     TaskState,
 )
+from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.requests import AnyRequest, CancelRequest, RetryRequest, SubmitRequest
 from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
@@ -140,7 +142,7 @@ def add(
     priority: Annotated[Priority, typer.Option(help="P0 (most urgent) .. P3.")] = Priority.P2,
     depends_on: Annotated[list[str] | None, typer.Option("--depends-on")] = None,
     resource: Annotated[list[str] | None, typer.Option("--resource")] = None,
-    agent: Annotated[str | None, typer.Option(help="claude | command | sim")] = None,
+    agent: Annotated[str | None, typer.Option(help="api | claude | command | sim")] = None,
     model: Annotated[str | None, typer.Option()] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
     max_attempts: Annotated[int | None, typer.Option()] = None,
@@ -267,10 +269,11 @@ async def _run(orchestrator: Orchestrator, *, forever: bool, show_live: bool) ->
 # -- reading --------------------------------------------------------------------------
 @app.command()
 def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Counts by state, running agents, tokens by model."""
+    """Counts by state, running agents, waiting tasks and why, tokens by model."""
     app_ = make_app(home)
     state = existing_state(app_)
-    data = views.status_dict(state, orchestrator_running=app_.orchestrator_running())
+    now = app_.clock.now()
+    data = views.status_dict(state, orchestrator_running=app_.orchestrator_running(), now=now)
     if as_json:
         emit_json(data)
         return
@@ -278,7 +281,11 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     out.print(f"orchestrator: {running}   home: {app_.home.root}   events: {state.seq}")
     out.print(views.counts_text(state))
     if state.running:
-        out.print(views.running_table(state, time.time()))
+        out.print(views.running_table(state, now))
+    for waiting in data["waiting"][:20]:
+        out.print(f"  {waiting['task']}  waiting — {waiting['text']}", highlight=False)
+    if len(data["waiting"]) > 20:
+        out.print(f"  … {len(data['waiting']) - 20} more waiting (tc tasks --state waiting)")
     if state.attempts:
         out.print(views.usage_table(state))
     for limit in data["rate_limits"]:
@@ -299,18 +306,20 @@ def tasks(
     as_json: JsonOption = False,
 ) -> None:
     """List tasks."""
-    state = existing_state(make_app(home))
+    app_ = make_app(home)
+    state = existing_state(app_)
     records = [r for r in state.tasks.values() if state_filter is None or r.state is state_filter]
     if as_json:
         emit_json([views.task_dict(state, r) for r in records])
         return
-    out.print(views.tasks_table(state, records))
+    out.print(views.tasks_table(state, records, app_.clock.now()))
 
 
 @app.command()
 def show(task_id: str, home: HomeOption = None, as_json: JsonOption = False) -> None:
     """One task: its spec, attempts, outcomes, usage and log paths."""
-    state = existing_state(make_app(home))
+    app_ = make_app(home)
+    state = existing_state(app_)
     record = state.tasks.get(TaskId(task_id))
     if record is None:
         fail(f"no task {task_id!r}")
@@ -318,29 +327,45 @@ def show(task_id: str, home: HomeOption = None, as_json: JsonOption = False) -> 
     if as_json:
         emit_json(data)
         return
-    out.print(f"[bold]{record.spec.id}[/]  {record.spec.title}", highlight=False)
-    for key in (
-        "project",
-        "state",
-        "priority",
-        "depends_on",
-        "resources",
-        "last_error",
-        "retry_at",
-    ):
+    now = app_.clock.now()
+    out.print(f"[bold]{escape(record.spec.id)}[/]  {escape(record.spec.title)}", highlight=False)
+    for key in ("project", "state", "priority", "model", "difficulty", "depends_on", "resources"):
         if data.get(key):
-            out.print(f"  {key}: {data[key]}", highlight=False)
-    for attempt in data["attempt_list"]:
-        label = " \\[simulated]" if attempt["simulated"] else ""
-        out.print(
-            f"  attempt {attempt['id']}: {attempt['outcome'] or 'running'}{label}"
-            f"  {attempt['backend']}/{attempt['model'] or '-'}"
-            f"  {views.duration(attempt['seconds'])}",
-            highlight=False,
-        )
-        for key in ("error", "session_id", "usage", "workdir", "branch", "log_path"):
-            if attempt.get(key):
-                out.print(f"      {key}: {attempt[key]}", highlight=False)
+            out.print(f"  {key}: {escape(str(data[key]))}", highlight=False)
+    if record.state is TaskState.WAITING:
+        out.print(f"  waiting: {escape(views.wait_text(record, now))}", highlight=False)
+    elif data.get("retry_at"):
+        out.print(f"  retry_at: {data['retry_at']}", highlight=False)
+    if data.get("last_error"):
+        out.print(f"  last_error: {escape(str(data['last_error']))}", highlight=False)
+    for attempt_id in record.attempts:
+        show_attempt(state.attempts[attempt_id], now)
+
+
+def show_attempt(attempt: AttemptRecord, now: float) -> None:
+    data = views.attempt_dict(attempt)
+    label = " \\[simulated]" if attempt.simulated else ""
+    out.print(
+        f"  attempt {attempt.id}: {attempt.outcome or 'running'}{label}"
+        f"  {attempt.backend}/{attempt.model or '-'}"
+        f"  {views.duration(data['seconds'])}",
+        highlight=False,
+    )
+    lines: list[tuple[str, object]] = [
+        ("route", attempt.route),
+        (
+            "reserved",
+            None if attempt.expected_units is None else f"{attempt.expected_units:,.0f} units",
+        ),
+        ("limit_hit", attempt.limit_hit and views.limit_hit_text(attempt.limit_hit, now)),
+    ]
+    lines += [
+        (key, data[key])
+        for key in ("error", "session_id", "usage", "workdir", "branch", "log_path")
+    ]
+    for key, value in lines:
+        if value:
+            out.print(f"      {key}: {escape(str(value))}", highlight=False)
 
 
 @app.command()
@@ -425,8 +450,9 @@ def demo(
 
 
 def main() -> None:
-    from trafficcontrol.cli import simulate, snapshots
+    from trafficcontrol.cli import capacity, simulate, snapshots
 
     snapshots.register(app)
     simulate.register(app)
+    capacity.register(app)
     app()

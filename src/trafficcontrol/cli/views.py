@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from trafficcontrol.domain.model import SIMULATED_LABEL, TaskState, Usage
+from trafficcontrol.domain.model import SIMULATED_LABEL, LimitHit, TaskState, Usage
 from trafficcontrol.domain.records import AttemptRecord, TaskRecord
 from trafficcontrol.domain.state import State
 
@@ -33,6 +33,48 @@ def when(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def stamp(ts: float | None) -> dict[str, Any] | None:
+    """A time for JSON: epoch seconds and the ISO string (UTC)."""
+    if ts is None:
+        return None
+    return {"epoch": ts, "iso": when(ts)}
+
+
+def local_time(ts: float) -> str:
+    """A time as people read it on this machine: ``Mon 09:00``."""
+    return datetime.fromtimestamp(ts).astimezone().strftime("%a %H:%M")
+
+
+def countdown(seconds: float) -> str:
+    """How long until something: ``45s``, ``13m``, ``2h13m``, ``3d04h``."""
+    if seconds <= 0:
+        return "now"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def until(ts: float, now: float) -> str:
+    """``Mon 09:00 (in 2h13m)``, or ``Mon 09:00 (due)`` once it has passed."""
+    left = ts - now
+    return f"{local_time(ts)} ({'in ' + countdown(left) if left > 0 else 'due'})"
+
+
+def wait_text(record: TaskRecord, now: float) -> str:
+    """Why a waiting task waits and until when: ``capacity: …, until Mon 09:00 (in 2h13m)``."""
+    reason = record.wait_reason or "waiting"
+    if record.retry_at is None:
+        return reason
+    return f"{reason}, until {until(record.retry_at, now)}"
 
 
 def duration(seconds: float | None) -> str:
@@ -79,7 +121,34 @@ def attempt_dict(attempt: AttemptRecord) -> dict[str, Any]:
         "branch": attempt.branch,
         "log_path": attempt.log_path,
         "simulated": attempt.simulated,
+        "route": attempt.route,
+        "expected_units": attempt.expected_units,
+        "limit_hit": limit_hit_dict(attempt.limit_hit),
     }
+
+
+def limit_hit_dict(hit: LimitHit | None) -> dict[str, Any] | None:
+    if hit is None:
+        return None
+    return {
+        "window": hit.window,
+        "resets_at": stamp(hit.resets_at),
+        "retry_after_s": hit.retry_after_s,
+        "status": hit.status,
+        "message": hit.message,
+    }
+
+
+def limit_hit_text(hit: LimitHit, now: float) -> str:
+    """``seven_day_opus, resets Mon 09:00 (in 2h13m): usage limit reached``."""
+    text = hit.window or "window not said"
+    if hit.resets_at is not None:
+        text += f", resets {until(hit.resets_at, now)}"
+    elif hit.retry_after_s is not None:
+        text += f", retry after {countdown(hit.retry_after_s)}"
+    if hit.status is not None:
+        text += f" (HTTP {hit.status})"
+    return f"{text}: {hit.message}" if hit.message else text
 
 
 def task_dict(state: State, record: TaskRecord, *, attempts: bool = False) -> dict[str, Any]:
@@ -95,12 +164,19 @@ def task_dict(state: State, record: TaskRecord, *, attempts: bool = False) -> di
         "attempts": len(record.attempts),
         "last_error": record.last_error,
     }
+    if spec.model is not None:
+        out["model"] = spec.model
+    if spec.difficulty is not None:
+        out["difficulty"] = spec.difficulty
     if record.state is TaskState.PENDING:
         out["waiting_on"] = [
             d for d in spec.depends_on if state.tasks[d].state is not TaskState.DONE
         ]
     if record.retry_at is not None:
         out["retry_at"] = when(record.retry_at)
+        out["retry_at_epoch"] = record.retry_at
+    if record.state is TaskState.WAITING:
+        out["wait_reason"] = record.wait_reason
     if attempts:
         out["prompt"] = spec.prompt
         out["attempt_list"] = [attempt_dict(state.attempts[a]) for a in record.attempts]
@@ -115,9 +191,11 @@ def usage_by_model(state: State) -> dict[str, dict[str, Any]]:
     totals: dict[str, Usage] = defaultdict(Usage)
     simulated: dict[str, bool] = {}
     for attempt in state.attempts.values():
-        if attempt.usage is not None:
+        # An attempt that ended without a final report still used what its turns reported.
+        usage = attempt.usage if attempt.usage is not None else attempt.turn_usage
+        if usage is not None:
             key = attempt.model or attempt.backend
-            totals[key] = totals[key] + attempt.usage
+            totals[key] = totals[key] + usage
             simulated[key] = simulated.get(key, True) and attempt.simulated
     return {
         model: {**(usage_dict(u) or {}), "simulated": simulated[model]}
@@ -125,8 +203,26 @@ def usage_by_model(state: State) -> dict[str, dict[str, Any]]:
     }
 
 
-def status_dict(state: State, *, orchestrator_running: bool) -> dict[str, Any]:
-    now = time.time()
+def waiting_list(state: State, now: float) -> list[dict[str, Any]]:
+    """Waiting tasks, soonest first: why and until when."""
+    records = [r for r in state.tasks.values() if r.state is TaskState.WAITING]
+    records.sort(key=lambda r: (r.retry_at is None, r.retry_at or 0.0))
+    return [
+        {
+            "task": r.spec.id,
+            "reason": r.wait_reason,
+            "until": stamp(r.retry_at),
+            "in_s": None if r.retry_at is None else max(r.retry_at - now, 0.0),
+            "text": wait_text(r, now),
+        }
+        for r in records
+    ]
+
+
+def status_dict(
+    state: State, *, orchestrator_running: bool, now: float | None = None
+) -> dict[str, Any]:
+    now = time.time() if now is None else now
     return {
         "orchestrator_running": orchestrator_running,
         "events": state.seq,
@@ -142,6 +238,7 @@ def status_dict(state: State, *, orchestrator_running: bool) -> dict[str, Any]:
             }
             for a in state.running.values()
         ],
+        "waiting": waiting_list(state, now),
         "usage_by_model": usage_by_model(state),
         "rate_limits": [
             {
@@ -203,7 +300,8 @@ class LiveView:
         return Group(self.progress, counts_text(state), running_table(state, now))
 
 
-def tasks_table(state: State, records: list[TaskRecord]) -> Table:
+def tasks_table(state: State, records: list[TaskRecord], now: float | None = None) -> Table:
+    now = time.time() if now is None else now
     table = Table()
     for column in ("task", "project", "state", "prio", "attempts", "detail"):
         table.add_column(column)
@@ -214,13 +312,15 @@ def tasks_table(state: State, records: list[TaskRecord]) -> Table:
                 d for d in record.spec.depends_on if state.tasks[d].state is not TaskState.DONE
             ]
             detail = "after " + ", ".join(blockers)
+        elif record.state is TaskState.WAITING:
+            detail = wait_text(record, now)
         table.add_row(
             record.spec.id,
             record.spec.project,
             Text(record.state.value, style=STATE_STYLE[record.state]),
             record.spec.priority.value,
             str(len(record.attempts)),
-            detail,
+            escape(detail),
         )
     return table
 
