@@ -457,3 +457,48 @@ def test_short_units_read_at_a_glance() -> None:
         "1.35M",
         "5M",
     ]
+
+
+def test_tc_run_prints_capacity_warnings_as_they_are_journaled(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        textwrap.dedent(
+            """
+            [capacity.plan.all_models]
+            session_units = 20000
+            [capacity.prior]
+            spread = 0.05
+            units_by_size = { s = 9000, m = 9000, l = 9000, xl = 9000 }
+            """
+        )
+    )
+    backlog = tmp_path / "backlog.toml"
+    backlog.write_text(
+        textwrap.dedent(
+            f"""
+            [[projects]]
+            id = "p"
+            path = "{tmp_path}"
+            sim = {{ duration = 0.01, jitter = 0.0, tokens_in = 4000 }}
+            [[tasks]]
+            id = "a"
+            project = "p"
+            prompt = "one"
+            [[tasks]]
+            id = "b"
+            project = "p"
+            prompt = "two"
+            depends_on = ["a"]
+            """
+        )
+    )
+    tc("submit", str(backlog), home=home)
+    done = tc("run", "--no-live", home=home)
+    # Two sonnet attempts of ~4,000 input tokens (the sim draws 50-150%): ~8,800 units
+    # each (input + 5 x output + 0.1 x cache reads) of the 20,000-unit session window.
+    lines = [line for line in done.stderr.splitlines() if "warning: capacity" in line]
+    assert any(re.search(r"session/all at \d+% \(estimated\): crossed \d+%", x) for x in lines)
+    assert len(lines) == len(set(lines))  # each warning once
+    journaled = tc_json("capacity", home=home)["warnings"]
+    assert len(journaled) == len(lines)

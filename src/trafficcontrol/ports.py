@@ -15,6 +15,7 @@ from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.model import (
     AgentSettings,
     AttemptId,
+    FailureEvidence,
     LimitHit,
     Outcome,
     ProjectId,
@@ -68,6 +69,8 @@ class AgentResult:
     simulated: bool = False
     limit_hit: LimitHit | None = None
     """Set when the attempt ended because the provider refused on a limit (class limit)."""
+    failure: FailureEvidence | None = None
+    """What the adapter saw when the attempt failed (classified by ``domain.failures``)."""
 
 
 class AttemptReporter(Protocol):

@@ -257,12 +257,20 @@ async def _run(orchestrator: Orchestrator, *, forever: bool, show_live: bool) ->
                 screen.update(view.render(orchestrator.state, time.time()))
     else:
         last = ""
-        while not job.done():
-            await asyncio.wait({job}, timeout=2.0)
+        seen = orchestrator.state.capacity.warnings_total
+        while True:
+            finished = job.done()
+            if not finished:
+                await asyncio.wait({job}, timeout=2.0)
             line = views.counts_text(orchestrator.state).plain.strip()
             if line != last:
                 err.print(f"tc run: {line}", highlight=False)
                 last = line
+            warnings, seen = views.new_warnings(orchestrator.state, seen)
+            for text in warnings:
+                err.print(f"tc run: warning: {text}", highlight=False)
+            if finished:
+                break
     await job
 
 

@@ -297,7 +297,20 @@ class LiveView:
     def render(self, state: State, now: float) -> RenderableType:
         finished = sum(state.counts.get(s, 0) for s in TaskState if s.terminal)
         self.progress.update(self._bar, total=len(state.tasks), completed=finished)
-        return Group(self.progress, counts_text(state), running_table(state, now))
+        parts: list[RenderableType] = [self.progress, counts_text(state)]
+        warnings = list(state.capacity.warnings)[-3:]
+        for warning in warnings:
+            parts.append(Text(f"warning: {warning.text}", style="yellow"))
+        parts.append(running_table(state, now))
+        return Group(*parts)
+
+
+def new_warnings(state: State, seen: int) -> tuple[list[str], int]:
+    """Capacity warnings journaled since ``seen`` were counted (for line-by-line output)."""
+    journaled = list(state.capacity.warnings)
+    total = state.capacity.warnings_total
+    fresh = journaled[max(len(journaled) - (total - seen), 0) :] if total > seen else []
+    return [w.text for w in fresh], total
 
 
 def tasks_table(state: State, records: list[TaskRecord], now: float | None = None) -> Table:

@@ -14,6 +14,7 @@ from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.capacity.warnings import CapacityWarning
 from trafficcontrol.domain.model import (
     AttemptId,
+    FailureEvidence,
     LimitHit,
     Outcome,
     ProjectSpec,
@@ -112,6 +113,8 @@ class AttemptFinished(Event, tag="attempt_finished", frozen=True):
     simulated: bool = False
     limit_hit: LimitHit | None = None
     """The provider refused on a limit: the task waits for the reset, no failure counted."""
+    failure: FailureEvidence | None = None
+    """What the adapter saw (classified by ``domain.failures`` in the fold)."""
 
 
 class TaskDeferred(Event, tag="task_deferred", frozen=True):

@@ -149,6 +149,30 @@ class LimitHit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The provider's words, shortened (never a secret: errors carry no credentials)."""
 
 
+class FailureEvidence(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What an adapter saw when an attempt failed: the input of failure classification
+    (``domain.failures``). Fields the adapter did not see stay None."""
+
+    http_status: int | None = None
+    """The provider's HTTP status (429, 500, 529 …), when an API call failed."""
+    error_type: str | None = None
+    """The provider's error type (rate_limit_error, overloaded_error, api_error,
+    invalid_request_error, authentication_error …) or Claude Code's error kind."""
+    exception: str | None = None
+    """Class name of the exception that ended the attempt (APIConnectionError …)."""
+    exit_code: int | None = None
+    terminal_reason: str | None = None
+    """Claude Code's result ``terminal_reason`` / ``subtype`` (api_error, max_turns …)."""
+    should_retry: bool | None = None
+    """The provider's ``x-should-retry`` header, when it sent one."""
+    retry_after_s: float | None = None
+    """The provider's ``retry-after``, when it sent one."""
+    idle_s: float | None = None
+    """The agent produced no output for this long and was stopped as hung."""
+    message: str = ""
+    """The error text, shortened; matched by output patterns."""
+
+
 class SimSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """How a simulated agent behaves. Everything it produces is labelled simulated."""
 

@@ -308,4 +308,5 @@ class AgentPool:
             session_id=result.session_id,
             simulated=result.simulated,
             limit_hit=result.limit_hit,
+            failure=result.failure,
         )

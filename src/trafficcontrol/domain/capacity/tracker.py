@@ -133,6 +133,8 @@ class Capacity:
         self.warnings: deque[CapacityWarning] = deque(maxlen=_KEEP_WARNINGS)
         self.signals: dict[str, RateLimitSignal] = {}
         self.limit_hits = 0
+        self.warnings_total = 0
+        """Warnings given so far (``warnings`` keeps only the newest)."""
         self._running: dict[str, _Run] = {}
         self.pruned_day: int | None = None
         """Entries older than every window are dropped at the first usage of each day."""
@@ -246,6 +248,7 @@ class Capacity:
     def warned(self, warning: CapacityWarning) -> None:
         self.tracker.remember(warning)
         self.warnings.append(warning)
+        self.warnings_total += 1
 
     def reset_running(self) -> None:
         """Forget every hold (a rollback rebuilds them from the records)."""
