@@ -234,6 +234,7 @@ class App:
             record_latency=record_latency,
             snapshotter=self._snapshotter(instance),
             capacity=self.settings.capacity,
+            resilience=self.settings.resilience,
         )
 
     def _kill_marked(self, markers: Collection[str]) -> set[str]:

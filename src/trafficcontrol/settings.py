@@ -15,6 +15,7 @@ import msgspec
 from trafficcontrol.domain.capacity.routing import RoutingPolicy
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.decide import SchedulerConfig
+from trafficcontrol.domain.resilience import ResilienceConfig
 from trafficcontrol.errors import ConfigError
 
 
@@ -57,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """The plan usage is metered against: windows, limits, weights (see README, Capacity)."""
     routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)
     """Which model each attempt runs on (see README, Model routing)."""
+    resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
+    """Retries, circuit breakers and extra failure rules (see README, Failures)."""
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from trafficcontrol.domain.breakers import BreakerState, key_for
 from trafficcontrol.domain.capacity.enforce import Refusal, RefusalReason
 from trafficcontrol.domain.capacity.families import ModelFamily, model_family
 from trafficcontrol.domain.capacity.limits import LimitCorrection
@@ -81,6 +82,12 @@ class Warn(msgspec.Struct, frozen=True):
     warning: CapacityWarning
 
 
+class ChangeBreaker(msgspec.Struct, frozen=True):
+    key: str
+    state: BreakerState
+    reason: str
+
+
 class StopAttempt(msgspec.Struct, frozen=True):
     attempt_id: AttemptId
     reason: StopReason
@@ -90,7 +97,7 @@ class WakeTask(msgspec.Struct, frozen=True):
     task_id: TaskId
 
 
-Command = Dispatch | StopAttempt | WakeTask | DeferTask | CorrectLimit | Warn
+Command = Dispatch | StopAttempt | WakeTask | DeferTask | CorrectLimit | Warn | ChangeBreaker
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -221,6 +228,7 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
     by_project: dict[ProjectId, int] = {}
     by_model: dict[str, int] = {}
     pending = _Pending()
+    probing: set[str] = set()
     refused = 0
     seen: set[TaskId] = set()
     for task_id in _candidates(state, now, config):
@@ -248,6 +256,10 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
         resources = task_resources(state, task_id)
         if not locks.can_take(resources):
             continue
+        breaker = _breaker_route(state, backend, chosen, config, probing)
+        if breaker is None:
+            continue  # its backend and model are broken and it may not go elsewhere: wait
+        chosen = breaker
         chosen, expected, refusal = _admitted(state, task_id, chosen, now, config, pending)
         if refusal is not None:
             if refusal.reason is RefusalReason.WINDOW_FULL and refusal.possible_at is not None:
@@ -258,6 +270,9 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
                 break
             continue
         locks.try_take(resources)
+        breaker_key = key_for(backend, chosen.family.value)
+        if state.resilience.is_probe(breaker_key):
+            probing.add(breaker_key)
         key = model_key(chosen.model)
         by_project[project.id] = by_project.get(project.id, 0) + 1
         by_model[key] = by_model.get(key, 0) + 1
@@ -282,6 +297,28 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
         if free == 0:
             break
     return out
+
+
+def _breaker_route(
+    state: State, backend: str, chosen: Route, config: SchedulerConfig, probing: set[str]
+) -> Route | None:
+    """``chosen``, or a tier down when its breaker is open; None: nowhere to go now."""
+    resilience = state.resilience
+    while True:
+        key = key_for(backend, chosen.family.value)
+        why = resilience.blocked(key, probing)
+        if why is None:
+            return chosen
+        cheaper = shift_down(chosen, config.routing, why.replace(f"breaker {key} ", "breaker "))
+        if cheaper is None:
+            return None
+        chosen = cheaper
+
+
+def _resilience_commands(state: State, now: float) -> list[Command]:
+    if not state.resilience.breakers:
+        return []
+    return [ChangeBreaker(k, new, why) for k, new, why in state.resilience.due(now)]
 
 
 def _capacity_commands(state: State, now: float) -> list[Command]:
@@ -320,7 +357,11 @@ def decide(state: State, now: float, config: SchedulerConfig) -> Decision:
         commands.append(StopAttempt(attempt_id, StopReason.CANCELLED))
 
     commands.extend(_capacity_commands(state, now))
+    commands.extend(_resilience_commands(state, now))
     commands.extend(_dispatches(state, now, config))
+    breaker_at = state.resilience.next_wakeup() if state.resilience.breakers else None
+    if breaker_at is not None and breaker_at > now:
+        next_wakeup = breaker_at if next_wakeup is None else min(next_wakeup, breaker_at)
 
     if state.aging and state.counts[TaskState.READY]:
         promote_at = state.aging[0][0] + config.starvation_after_s

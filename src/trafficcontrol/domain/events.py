@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import msgspec
 
+from trafficcontrol.domain.breakers import BreakerState
 from trafficcontrol.domain.capacity.limits import LimitCorrection
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.capacity.warnings import CapacityWarning
+from trafficcontrol.domain.failures import FailureClass
 from trafficcontrol.domain.model import (
     AttemptId,
     FailureEvidence,
@@ -24,6 +26,7 @@ from trafficcontrol.domain.model import (
     Usage,
 )
 from trafficcontrol.domain.records import SnapshotData
+from trafficcontrol.domain.resilience import ResilienceConfig
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
@@ -114,7 +117,11 @@ class AttemptFinished(Event, tag="attempt_finished", frozen=True):
     limit_hit: LimitHit | None = None
     """The provider refused on a limit: the task waits for the reset, no failure counted."""
     failure: FailureEvidence | None = None
-    """What the adapter saw (classified by ``domain.failures`` in the fold)."""
+    """What the adapter saw when it failed."""
+    failure_class: FailureClass | None = None
+    """The class the shell's failure table gave it (``domain.failures``): what happens next."""
+    failure_rule: str | None = None
+    """The rule that classified it."""
 
 
 class TaskDeferred(Event, tag="task_deferred", frozen=True):
@@ -135,6 +142,19 @@ class LimitCorrected(Event, tag="limit_corrected", frozen=True):
     """A window's effective limit moved, with its evidence (a limit hit, or a quiet window)."""
 
     correction: LimitCorrection
+
+
+class ResilienceConfigured(Event, tag="resilience_configured", frozen=True):
+    """Retry policy, breaker policy and failure rules from here on (journaled on change)."""
+
+    config: ResilienceConfig
+
+
+class BreakerChanged(Event, tag="breaker_changed", frozen=True):
+    key: str
+    """backend/family (claude/opus) or a dependency (store, notifier)."""
+    state: BreakerState
+    reason: str
 
 
 class CapacityWarned(Event, tag="capacity_warned", frozen=True):
@@ -190,6 +210,8 @@ AnyEvent = (
     | CapacityConfigured
     | LimitCorrected
     | CapacityWarned
+    | ResilienceConfigured
+    | BreakerChanged
     | OrchestratorStarted
     | OrchestratorStopped
     | RolledBack

@@ -8,9 +8,12 @@ worktree passes from one attempt to another, on purpose, to keep the work done.
 
 from __future__ import annotations
 
+from trafficcontrol.domain.failures import FailureClass
 from trafficcontrol.domain.model import AgentSettings, OnInterrupt, Outcome, TaskId
 from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.state import State, interrupt_policy
+
+_PROVIDER_TROUBLE = (FailureClass.TRANSIENT, FailureClass.INFRASTRUCTURE)
 
 
 def settings_of(state: State, task_id: TaskId) -> AgentSettings:
@@ -26,7 +29,12 @@ def resumable(state: State, task_id: TaskId) -> AttemptRecord | None:
     if not record.attempts:
         return None
     last = state.attempts[record.attempts[-1]]
-    if last.outcome is not Outcome.INTERRUPTED or last.workdir is None:
+    if last.workdir is None:
+        return None
+    if last.outcome is Outcome.FAILED and last.failure_class in _PROVIDER_TROUBLE:
+        # The provider failed, not the work: continue the same session where it stopped.
+        return last if last.backend == "claude" and last.session_id is not None else None
+    if last.outcome is not Outcome.INTERRUPTED:
         return None
     if interrupt_policy(state, task_id, last.backend) is not OnInterrupt.RESUME:
         return None

@@ -375,6 +375,8 @@ def check_no_deadlock(
         return []
     if state.capacity.limited and state.running:
         return []  # capacity held by running attempts may be what keeps ready work back
+    if state.resilience.degraded():
+        return []  # an open breaker keeps work back until its probe interval passes
     if len(state.running) >= config.max_agents or not state.counts[TaskState.READY]:
         return []
     exclusive: set[str] = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from trafficcontrol.domain.capacity.tracker import CapacitySnapshot
+from trafficcontrol.domain.failures import FailureClass
 from trafficcontrol.domain.model import (
     AttemptId,
     LimitHit,
@@ -20,6 +21,7 @@ from trafficcontrol.domain.model import (
     TaskState,
     Usage,
 )
+from trafficcontrol.domain.resilience import ResilienceSnapshot
 
 
 class TaskRecord(msgspec.Struct, kw_only=True):
@@ -38,6 +40,9 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     wait_reason: str | None = None
     """Why it waits (state waiting): a back-off after a failure, or capacity."""
+    transient_failures: int = 0
+    """Transient / infrastructure failures since (re)submission or a manual retry."""
+    first_transient_at: float | None = None
 
 
 class AttemptRecord(msgspec.Struct, kw_only=True):
@@ -74,6 +79,8 @@ class AttemptRecord(msgspec.Struct, kw_only=True):
     route: str | None = None
     """Why it ran on its model."""
     limit_hit: LimitHit | None = None
+    failure_class: FailureClass | None = None
+    failure_rule: str | None = None
 
 
 class RateLimitReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,3 +107,5 @@ class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):
     """The newest provider report per limit window (added in schema 1; absent: none)."""
     capacity: CapacitySnapshot | None = None
     """Ledger, learned limits, forecasts (added in schema 1; absent: nothing metered)."""
+    resilience: ResilienceSnapshot | None = None
+    """Breakers, incidents, recent errors, retry policy (added in schema 1)."""

@@ -22,6 +22,7 @@ import msgspec
 from trafficcontrol.domain.capacity.tracker import Capacity
 from trafficcontrol.domain.events import RateLimitObserved
 from trafficcontrol.domain.records import RateLimitReport, SnapshotData
+from trafficcontrol.domain.resilience import Resilience
 from trafficcontrol.domain.state import State, rebuild_indices
 
 SCHEMA = 1
@@ -61,6 +62,7 @@ def capture(state: State) -> SnapshotData:
             for e in state.rate_limits.values()
         ],
         capacity=state.capacity.snapshot(),
+        resilience=state.resilience.snapshot(),
     )
 
 
@@ -124,5 +126,7 @@ def restore(data: SnapshotData) -> State:
     state.attempts = {a.id: msgspec.structs.replace(a) for a in data.attempts}
     if data.capacity is not None:
         state.capacity = Capacity.restore(data.capacity)
+    if data.resilience is not None:
+        state.resilience = Resilience.restore(data.resilience)
     rebuild_indices(state)
     return state

@@ -23,7 +23,9 @@ from collections import Counter, deque
 
 import msgspec
 
+from trafficcontrol.domain.breakers import key_for
 from trafficcontrol.domain.capacity.costs import SizeBucket, size_bucket
+from trafficcontrol.domain.capacity.families import model_family
 from trafficcontrol.domain.capacity.tracker import Capacity, remainder
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
@@ -33,12 +35,14 @@ from trafficcontrol.domain.events import (
     AttemptFinished,
     AttemptStopRequested,
     BacklogSubmitted,
+    BreakerChanged,
     CapacityConfigured,
     CapacityWarned,
     LimitCorrected,
     OrchestratorStarted,
     OrchestratorStopped,
     RateLimitObserved,
+    ResilienceConfigured,
     RolledBack,
     TaskCancelRequested,
     TaskDeferred,
@@ -47,6 +51,7 @@ from trafficcontrol.domain.events import (
     TurnUsageReported,
     WorkspacePrepared,
 )
+from trafficcontrol.domain.failures import FailureClass
 from trafficcontrol.domain.locks import LockTable
 from trafficcontrol.domain.model import (
     AttemptId,
@@ -59,6 +64,8 @@ from trafficcontrol.domain.model import (
     TaskState,
 )
 from trafficcontrol.domain.records import AttemptRecord, TaskRecord
+from trafficcontrol.domain.resilience import Resilience
+from trafficcontrol.domain.retries import full_jitter_delay, task_delay
 
 ReadyEntry = tuple[int, float, int, TaskId]
 
@@ -92,6 +99,8 @@ class State:
         """The newest provider report per limit window."""
         self.capacity = Capacity()
         """Usage ledger, reservations, learned limits and forecasts (``domain.capacity``)."""
+        self.resilience = Resilience()
+        """Retry policy, circuit breakers, recent errors and incidents."""
 
     # -- queries ----------------------------------------------------------------
     def live_attempt(self, task_id: TaskId) -> AttemptRecord | None:
@@ -116,6 +125,10 @@ def model_key(model: str | None) -> str:
 
 def task_size(spec: TaskSpec) -> SizeBucket:
     return size_bucket(len(spec.prompt))
+
+
+def breaker_key(attempt: AttemptRecord) -> str:
+    return key_for(attempt.backend, model_family(attempt.model).value)
 
 
 def rebuild_indices(state: State) -> None:
@@ -255,6 +268,7 @@ def _apply_dispatched(state: State, event: AttemptDispatched) -> None:
     state.capacity.dispatched(
         attempt.id, attempt.model, attempt.expected_units, event.at, size=task_size(record.spec)
     )
+    state.resilience.dispatched(attempt.id, breaker_key(attempt))
     _drop_stale_heads(state)
 
 
@@ -283,8 +297,19 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
     if event.session_id is not None:
         attempt.session_id = event.session_id
     attempt.limit_hit = event.limit_hit
+    attempt.failure_class = event.failure_class
+    attempt.failure_rule = event.failure_rule
     record = state.tasks[attempt.task_id]
     _meter_finished(state, attempt, record, event)
+    state.resilience.finished(
+        attempt.id,
+        breaker_key(attempt),
+        event.at,
+        event.failure_class,
+        succeeded=event.outcome is Outcome.SUCCEEDED,
+        rule=event.failure_rule,
+        message=event.error or "",
+    )
     state.running.pop(attempt.id, None)
     state.stops_wanted.discard(attempt.id)
     state.running_by_project[record.spec.project] -= 1
@@ -300,8 +325,13 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
         _finish_task(state, record, TaskState.DONE, event.at)
     elif outcome is Outcome.CANCELLED or record.cancel_requested:
         _finish_task(state, record, TaskState.CANCELLED, event.at)
-    elif event.limit_hit is not None:
+    elif event.limit_hit is not None or event.failure_class is FailureClass.LIMIT:
         _wait(state, record, _limit_reset(event), _limit_reason(event))
+    elif event.failure_class is FailureClass.PERMANENT:
+        record.last_error = f"permanent ({event.failure_rule}): {event.error}"
+        _finish_task(state, record, TaskState.FAILED, event.at)
+    elif event.failure_class in (FailureClass.TRANSIENT, FailureClass.INFRASTRUCTURE):
+        _retry_transient(state, record, event)
     elif outcome is Outcome.INTERRUPTED:
         if interrupt_policy(state, record.spec.id, attempt.backend) is OnInterrupt.FAIL:
             record.last_error = f"interrupted ({event.error}); on_interrupt = fail"
@@ -314,8 +344,31 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
         if record.failures >= limit:
             _finish_task(state, record, TaskState.FAILED, event.at)
         else:
-            delay = record.spec.retry_backoff_s * 2 ** (record.failures - 1)
+            policy = state.resilience.config.retry
+            delay = task_delay(record.spec.retry_backoff_s, record.failures, policy.cap_s)
             _wait(state, record, event.at + delay, f"retry after failure {record.failures}")
+
+
+def _retry_transient(state: State, record: TaskRecord, event: AttemptFinished) -> None:
+    """Back off with full jitter, honouring retry-after, within the attempt and time budgets."""
+    policy = state.resilience.config.retry
+    record.transient_failures += 1
+    if record.first_transient_at is None:
+        record.first_transient_at = event.at
+    n = record.transient_failures
+    unknown = event.failure_rule == "unknown"
+    allowed = policy.unknown_attempts if unknown else policy.transient_attempts
+    retry_after = event.failure.retry_after_s if event.failure is not None else None
+    key = f"{record.spec.id}:{n}"
+    delay = full_jitter_delay(record.spec.retry_backoff_s, n, policy.cap_s, key, retry_after)
+    kind = event.failure_class.value if event.failure_class else "transient"
+    if n > allowed or event.at + delay > record.first_transient_at + policy.budget_s:
+        record.last_error = (
+            f"gave up after {n} {kind} failures ({event.failure_rule}): {event.error}"
+        )
+        _finish_task(state, record, TaskState.FAILED, event.at)
+        return
+    _wait(state, record, event.at + delay, f"{kind} ({event.failure_rule}): retry {n}/{allowed}")
 
 
 LIMIT_WAIT_FALLBACK_S = 300.0
@@ -324,18 +377,19 @@ LIMIT_WAIT_FALLBACK_S = 300.0
 
 def _limit_reset(event: AttemptFinished) -> float:
     hit = event.limit_hit
-    assert hit is not None
-    if hit.resets_at is not None and hit.resets_at > event.at:
+    if hit is not None and hit.resets_at is not None and hit.resets_at > event.at:
         return hit.resets_at
-    if hit.retry_after_s is not None and hit.retry_after_s > 0:
-        return event.at + hit.retry_after_s
+    retry_after = hit.retry_after_s if hit is not None else None
+    if retry_after is None and event.failure is not None:
+        retry_after = event.failure.retry_after_s
+    if retry_after is not None and retry_after > 0:
+        return event.at + retry_after
     return event.at + LIMIT_WAIT_FALLBACK_S
 
 
 def _limit_reason(event: AttemptFinished) -> str:
-    hit = event.limit_hit
-    assert hit is not None
-    return f"capacity: provider limit reached ({hit.window or 'window not said'})"
+    window = event.limit_hit.window if event.limit_hit is not None else None
+    return f"capacity: provider limit reached ({window or 'window not said'})"
 
 
 def _wait(state: State, record: TaskRecord, until: float, reason: str) -> None:
@@ -422,6 +476,8 @@ def _apply_retry(state: State, event: TaskRetryRequested) -> None:
     if record.state not in (TaskState.FAILED, TaskState.CANCELLED):
         return
     record.failures = 0
+    record.transient_failures = 0
+    record.first_transient_at = None
     record.finished_at = None
     record.last_error = None
     if record.unfinished_deps == 0:
@@ -517,6 +573,7 @@ def apply(state: State, event: AnyEvent) -> State:
                 project=state.tasks[attempt.task_id].spec.project,
                 agent=attempt.backend,
             )
+            state.resilience.answered(attempt.id, breaker_key(attempt), event.at)
         case TaskDeferred():
             _apply_deferred(state, event)
         case LimitCorrected():
@@ -525,6 +582,11 @@ def apply(state: State, event: AnyEvent) -> State:
             state.capacity.warned(event.warning)
         case CapacityConfigured():
             _apply_capacity_config(state, event)
+        case ResilienceConfigured():
+            saved = msgspec.structs.replace(state.resilience.snapshot(), config=event.config)
+            state.resilience = Resilience.restore(saved)
+        case BreakerChanged():
+            state.resilience.change(event.key, event.state, event.reason, event.at)
         case TaskCancelRequested():
             _apply_cancel(state, event)
         case TaskRetryRequested():

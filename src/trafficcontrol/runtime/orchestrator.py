@@ -38,6 +38,7 @@ from trafficcontrol.domain.events import (
     CapacityConfigured,
     OrchestratorStarted,
     OrchestratorStopped,
+    ResilienceConfigured,
     RolledBack,
 )
 from trafficcontrol.domain.model import AttemptId, StopReason, TaskState
@@ -47,6 +48,7 @@ from trafficcontrol.domain.requests import (
     plan,
     request_decoder,
 )
+from trafficcontrol.domain.resilience import ResilienceConfig
 from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import ConfigError, StoreError, TrafficControlError
@@ -76,9 +78,11 @@ class Orchestrator:
         record_latency: bool = False,
         snapshotter: Snapshotter | None = None,
         capacity: CapacityConfig | None = None,
+        resilience: ResilienceConfig | None = None,
     ) -> None:
         self._journal = journal
         self._capacity = capacity
+        self._resilience = resilience
         self._backends = backends
         self._clock = clock
         self.scheduler = scheduler
@@ -155,6 +159,8 @@ class Orchestrator:
         )
         if self._capacity is not None and self._capacity != self.state.capacity.config:
             events.append(CapacityConfigured(at=self._clock.now(), config=self._capacity))
+        if self._resilience is not None and self._resilience != self.state.resilience.config:
+            events.append(ResilienceConfigured(at=self._clock.now(), config=self._resilience))
         events.append(
             OrchestratorStarted(
                 at=self._clock.now(),

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
 from trafficcontrol.domain.decide import (
+    ChangeBreaker,
     Command,
     CorrectLimit,
     DeferTask,
@@ -32,6 +33,7 @@ from trafficcontrol.domain.events import (
     AttemptDispatched,
     AttemptFinished,
     AttemptStopRequested,
+    BreakerChanged,
     CapacityWarned,
     LimitCorrected,
     RateLimitObserved,
@@ -40,8 +42,16 @@ from trafficcontrol.domain.events import (
     TurnUsageReported,
     WorkspacePrepared,
 )
+from trafficcontrol.domain.failures import DEFAULT_RULES, FailureClass, FailureRule, classify
 from trafficcontrol.domain.interrupts import settings_of
-from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, Usage
+from trafficcontrol.domain.model import (
+    AttemptId,
+    FailureEvidence,
+    Outcome,
+    StopReason,
+    TaskId,
+    Usage,
+)
 from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
 from trafficcontrol.ports import AgentBackend, AgentRequest, Clock, Workspace, Workspaces
@@ -105,6 +115,34 @@ class _Reporter:
         )
 
 
+def with_feedback(state: State, task_id: TaskId) -> str:
+    """The task's prompt, plus what went wrong last time when the work itself failed
+    (class task): the next attempt should not repeat it."""
+    record = state.tasks[task_id]
+    prompt = record.spec.prompt
+    previous = [state.attempts[a] for a in record.attempts[:-1]]
+    if not previous:
+        return prompt
+    last = previous[-1]
+    if last.outcome is not Outcome.FAILED or last.failure_class is not FailureClass.TASK:
+        return prompt
+    error = (last.error or "it did not succeed")[:2000]
+    return (
+        f"{prompt}\n\nA previous attempt at this task (attempt {last.no}) failed: {error}\n"
+        "Take that into account."
+    )
+
+
+def classified(event: AttemptFinished, rules: Sequence[FailureRule] = ()) -> AttemptFinished:
+    """``event`` with its failure class from the table (user rules first); as it is."""
+    if event.outcome is not Outcome.FAILED or event.failure_class is not None:
+        return event
+    verdict = classify(event.failure, (*rules, *DEFAULT_RULES))
+    return msgspec.structs.replace(
+        event, failure_class=verdict.failure_class, failure_rule=verdict.rule
+    )
+
+
 def dispatched_event(command: Dispatch, now: float, logs_root: str) -> AttemptDispatched:
     """The event that journals a dispatch; the log file is ``<logs>/<task>/<n>.log``
     (``.jsonl`` for claude). A plain string: pathlib costs more than it helps here."""
@@ -127,6 +165,7 @@ def dispatched_event(command: Dispatch, now: float, logs_root: str) -> AttemptDi
 
 IntentEvent = (
     AttemptDispatched
+    | BreakerChanged
     | AttemptStopRequested
     | TaskWoken
     | TaskDeferred
@@ -154,6 +193,10 @@ def command_event(command: Command, now: float, logs_root: str) -> IntentEvent:
             return LimitCorrected(at=now, correction=command.correction)
         case Warn():
             return CapacityWarned(at=now, warning=command.warning)
+        case ChangeBreaker():
+            return BreakerChanged(
+                at=now, key=command.key, state=command.state, reason=command.reason
+            )
 
 
 class AgentPool:
@@ -237,6 +280,7 @@ class AgentPool:
                 attempt_id=attempt_id,
                 outcome=Outcome.FAILED,
                 error=exc.message,
+                failure=FailureEvidence(exception=type(exc).__name__, message=exc.message[:300]),
             )
         except Exception as exc:  # an adapter bug must end the attempt, not the orchestrator
             log.exception("agent_adapter_crashed attempt=%s", attempt_id)
@@ -245,8 +289,9 @@ class AgentPool:
                 attempt_id=attempt_id,
                 outcome=Outcome.FAILED,
                 error=f"agent adapter crashed: {exc!r}",
+                failure=FailureEvidence(exception=type(exc).__name__, message=str(exc)[:300]),
             )
-        self.inbox.put(result_event)
+        self.inbox.put(classified(result_event, self.state.resilience.config.rules))
 
     async def _attempt(
         self, event: AttemptDispatched, ready_since: float | None
@@ -287,7 +332,7 @@ class AgentPool:
             project_id=project.id,
             attempt_no=event.attempt_no,
             title=spec.title,
-            prompt=spec.prompt,
+            prompt=spec.prompt if resumed is not None else with_feedback(state, spec.id),
             workdir=workspace.path,
             log_path=Path(event.log_path),
             model=event.model,

@@ -16,14 +16,17 @@ import dataclasses
 import heapq
 import itertools
 import random
+from typing import Any
 
 import msgspec
 
 # The sim adapter's price and output tables: the simulator must spend what it spends.
 from trafficcontrol.adapters.agents.sim import draw_attempt, simulated_usage
-from trafficcontrol.domain.events import AttemptDispatched, AttemptFinished
+from trafficcontrol.domain.capacity.families import model_family
+from trafficcontrol.domain.events import AttemptDispatched, AttemptFinished, TurnUsageReported
 from trafficcontrol.domain.model import (
     AttemptId,
+    FailureEvidence,
     Outcome,
     ProjectSpec,
     SimSettings,
@@ -54,6 +57,8 @@ class AgentPlan:
     session_id: str
     crashed: bool = False
     hung: bool = False
+    failure: FailureEvidence | None = None
+    transient: bool = False
 
 
 def plan_attempt(
@@ -82,6 +87,8 @@ def plan_attempt(
     if faults.agent_hang > 0 and rng.random() < faults.agent_hang:
         plan.duration_s = None
         plan.hung = True
+    elif faults.transient > 0 and rng.random() < faults.transient:
+        fail_transient(plan)
     elif faults.agent_crash > 0 and rng.random() < faults.agent_crash:
         share = rng.random()
         plan.duration_s = duration * share
@@ -89,6 +96,22 @@ def plan_attempt(
         plan.usage = simulated_usage(family, int(tokens_in * share))
         plan.crashed = True
     return plan
+
+
+TRANSIENT_FAIL_S = 1.0
+"""How soon an attempt that meets a provider error fails (its first API call)."""
+
+
+def fail_transient(plan: AgentPlan) -> None:
+    """The attempt's first API call is refused as overloaded: it fails at once."""
+    plan.duration_s = min(plan.duration_s or TRANSIENT_FAIL_S, TRANSIENT_FAIL_S)
+    plan.outcome, plan.exit_code = Outcome.FAILED, 1
+    plan.error = "simulated provider error: 529 overloaded"
+    plan.failure = FailureEvidence(
+        http_status=529, error_type="overloaded_error", message="simulated overload"
+    )
+    plan.usage = None
+    plan.transient = True
 
 
 def sim_settings(
@@ -145,8 +168,18 @@ class SimAgents:
         """Agent-seconds spent so far by agents that ended or were killed."""
         self.hangs = 0
         self.crashes = 0
+        self.transients = 0
+        self._turns: list[tuple[float, int, AttemptId, str | None]] = []
+        """First model turns still to report (the provider answered: breaker probes)."""
 
-    def start(self, event: AttemptDispatched, sim: SimSettings, now: float) -> AgentPlan:
+    def start(
+        self,
+        event: AttemptDispatched,
+        sim: SimSettings,
+        now: float,
+        *,
+        first_turn_s: float | None = None,
+    ) -> AgentPlan:
         plan = plan_attempt(
             sim,
             seed=self._seed,
@@ -156,12 +189,19 @@ class SimAgents:
             faults=self._faults,
             rng=self._rng,
         )
+        family = model_family(event.model)
+        if not plan.transient and any(o.covers(now, family) for o in self._faults.outages):
+            fail_transient(plan)
         self.hangs += plan.hung
         self.crashes += plan.crashed
+        self.transients += plan.transient
         agent = _Agent(now, plan, next(self._tokens))
         self._agents[event.attempt_id] = agent
         if plan.duration_s is not None:
             heapq.heappush(self._ends, (now + plan.duration_s, agent.token, event.attempt_id))
+        if first_turn_s is not None and not plan.transient:
+            turn_at = now + min(first_turn_s, plan.duration_s or first_turn_s)
+            heapq.heappush(self._turns, (turn_at, agent.token, event.attempt_id, event.model))
         return plan
 
     def stop(self, attempt_id: AttemptId, reason: StopReason, now: float) -> None:
@@ -180,11 +220,21 @@ class SimAgents:
         ends = self._ends
         while ends and not self._live(ends[0]):
             heapq.heappop(ends)
-        return ends[0][0] if ends else None
+        turns = self._turns
+        while turns and not self._live(turns[0][:3]):
+            heapq.heappop(turns)
+        times = [q[0][0] for q in (ends, turns) if q]
+        return min(times) if times else None
 
-    def ended(self, now: float) -> list[AttemptFinished]:
-        """The ends due by ``now``, in time order, as the agents report them."""
-        out = []
+    def ended(self, now: float) -> list[AttemptFinished | TurnUsageReported]:
+        """The ends (and first turns) due by ``now``, in time order, as agents report them."""
+        out: list[AttemptFinished | TurnUsageReported] = []
+        while self._turns and self._turns[0][0] <= now:
+            turn = heapq.heappop(self._turns)
+            if self._live(turn[:3]):
+                out.append(
+                    TurnUsageReported(at=turn[0], attempt_id=turn[2], model=turn[3], usage=Usage())
+                )
         while self._ends and self._ends[0][0] <= now:
             entry = heapq.heappop(self._ends)
             if not self._live(entry):
@@ -203,8 +253,10 @@ class SimAgents:
                     usage=plan.usage,
                     session_id=plan.session_id,
                     simulated=True,
+                    failure=plan.failure,
                 )
             )
+        out.sort(key=lambda e: e.at)
         return out
 
     def kill_all(self, now: float) -> None:
@@ -214,6 +266,6 @@ class SimAgents:
         self._agents.clear()
         self._ends.clear()
 
-    def _live(self, entry: tuple[float, int, AttemptId]) -> bool:
+    def _live(self, entry: tuple[float, int, AttemptId] | tuple[Any, ...]) -> bool:
         agent = self._agents.get(entry[2])
         return agent is not None and agent.token == entry[1]

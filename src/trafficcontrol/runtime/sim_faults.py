@@ -10,8 +10,21 @@ from __future__ import annotations
 import msgspec
 
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
+from trafficcontrol.domain.resilience import ResilienceConfig
 
 AGENT_CRASH_ERROR = "simulated agent crash: the agent process died (signal 9)"
+
+
+class Outage(msgspec.Struct, frozen=True, kw_only=True):
+    """The provider is down for a model family (None: all) from ``start_s`` to ``end_s``:
+    every attempt that starts meanwhile fails at once with an overloaded (529) error."""
+
+    start_s: float
+    end_s: float
+    family: str | None = None
+
+    def covers(self, at: float, family: str) -> bool:
+        return self.start_s <= at < self.end_s and self.family in (None, family)
 
 
 class Faults(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +45,10 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     slow_disk_s: float = 3.0
     """A slow commit takes up to this many extra seconds (uniform)."""
     max_crashes: int = 20
+    transient: float = 0.0
+    """Probability that an attempt fails at once with a transient provider error (529)."""
+    outages: tuple[Outage, ...] = ()
+    """Provider outages (attempts starting in one fail with 529)."""
     """No orchestrator crash or store failure after this many, so every run ends."""
 
     @classmethod
@@ -82,5 +99,10 @@ class SimOptions(msgspec.Struct, frozen=True, kw_only=True):
     """After each recovery, compare snapshot + tail with a full replay of the journal."""
     capacity: CapacityConfig | None = None
     """The plan to meter usage against (journaled at the start, as ``tc run`` does)."""
+    resilience: ResilienceConfig | None = None
+    """Retry and breaker policy (journaled at the start, as ``tc run`` does)."""
+    first_turn_s: float | None = None
+    """Agents report their first model turn this long after they start (None: never;
+    a breaker's probe succeeds on it)."""
     until_s: float | None = None
     """Stop the run at this virtual time even if work is left (the report says unsettled)."""

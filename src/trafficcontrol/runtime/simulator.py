@@ -41,17 +41,19 @@ from trafficcontrol.domain.events import (
     AgentSessionStarted,
     AnyEvent,
     AttemptDispatched,
+    AttemptFinished,
     AttemptStopRequested,
     CapacityConfigured,
     OrchestratorStarted,
     OrchestratorStopped,
+    ResilienceConfigured,
     WorkspacePrepared,
 )
 from trafficcontrol.domain.invariants import InvariantChecker, check_no_deadlock
 from trafficcontrol.domain.model import TaskState
 from trafficcontrol.domain.requests import SubmitRequest, plan_submit
 from trafficcontrol.domain.state import State, apply
-from trafficcontrol.runtime.pool import command_event
+from trafficcontrol.runtime.pool import classified, command_event
 from trafficcontrol.runtime.recovery import interrupt_leftovers
 from trafficcontrol.runtime.sim_agents import SimAgents, sim_settings, with_hang_timeouts
 from trafficcontrol.runtime.sim_faults import Faults, SimOptions
@@ -133,6 +135,8 @@ class Simulator:
             self._append([submitted])  # tc submit wrote it before any orchestrator ran
         if self.options.capacity is not None:
             self._append([CapacityConfigured(at=0.0, config=self.options.capacity)])
+        if self.options.resilience is not None:
+            self._append([ResilienceConfigured(at=0.0, config=self.options.resilience)])
         settled = False
         while not self.violations:
             if len(self.journal) > self.options.max_events:
@@ -144,7 +148,11 @@ class Simulator:
                 if self.state is None:
                     self._recover()
                     continue
-                self._inbox.extend(self.agents.ended(self.now))
+                rules = self._live().resilience.config.rules
+                self._inbox.extend(
+                    classified(e, rules) if isinstance(e, AttemptFinished) else e
+                    for e in self.agents.ended(self.now)
+                )
                 acted = self._turn()
                 if self._idle():
                     stopped = OrchestratorStopped(at=self.now, instance=self._instance())
@@ -244,7 +252,7 @@ class Simulator:
         spec = state.tasks[event.task_id].spec
         project = state.projects[spec.project]
         sim = sim_settings(spec, project, event.backend, self.options.mean_duration_s)
-        plan = self.agents.start(event, sim, self.now)
+        plan = self.agents.start(event, sim, self.now, first_turn_s=self.options.first_turn_s)
         resumed = state.attempts[event.resume_of] if event.resume_of else None
         branch: str | None = None
         if resumed is not None and resumed.workdir is not None:
