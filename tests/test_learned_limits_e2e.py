@@ -2,25 +2,25 @@
 backend and the real agent pool) against the protocol server, which refuses with 429 at
 a hidden limit the plan overstates twofold.
 
-The shell is the simulator's: ``decide`` → journal-and-fold the commands → run the
-dispatched attempts in the real ``AgentPool`` → fold what they reported, with the time
-moved by hand (a window is an hour of manual clock; no sleeps). The provider's window
-restarts when ours does.
+The shell is ``bench.stepped.SteppedShell``: ``decide`` → journal-and-fold the commands →
+run the dispatched attempts in the real ``AgentPool`` → fold what they reported, with
+the time moved by hand (a window is an hour of manual clock; no sleeps). The
+provider's window restarts when ours does.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
+
+from bench.stepped import ManualClock, SteppedShell
 
 from tests.provider.server import TEST_API_KEY, ProviderServer, TurnUsage, text
 from trafficcontrol.adapters.agents.anthropic_api import ApiBackend
-from trafficcontrol.adapters.workspaces.git import GitWorkspaces
 from trafficcontrol.domain.capacity.costs import CostPrior, SizeBucket
 from trafficcontrol.domain.capacity.plans import SharedLimits, SubscriptionPlan
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.capacity.windows import Window, WindowKind
-from trafficcontrol.domain.decide import SchedulerConfig, decide
+from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.events import (
     AnyEvent,
     AttemptDispatched,
@@ -29,8 +29,7 @@ from trafficcontrol.domain.events import (
     LimitCorrected,
 )
 from trafficcontrol.domain.model import ProjectId, ProjectSpec, TaskId, TaskSpec
-from trafficcontrol.domain.state import State, apply
-from trafficcontrol.runtime.pool import AgentPool, command_event
+from trafficcontrol.domain.state import State
 
 WINDOW_S = 3600.0
 T0 = 1_900_000_000.0
@@ -42,24 +41,9 @@ HIDDEN_UNITS = HIDDEN_TOKENS // (1000 + 200) * UNITS_PER_REQUEST
 SESSION = Window(kind=WindowKind.SESSION)
 
 
-class ManualClock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-
 async def run_windows(
     provider: ProviderServer, tmp_path: Path, windows: int
 ) -> tuple[State, list[int], list[float | None], list[AnyEvent]]:
-    clock = ManualClock(T0)
     plan = SubscriptionPlan(
         all_models=SharedLimits(session_units=2.0 * HIDDEN_UNITS),  # the plan overstates
         session_length_s=WINDOW_S,
@@ -70,22 +54,18 @@ async def run_windows(
         TaskSpec(id=TaskId(f"t{i:03}"), project=project.id, title=f"t{i}", prompt="answer")
         for i in range(400)
     ]
-    journal: list[AnyEvent] = [
-        CapacityConfigured(at=T0, config=CapacityConfig(plan=plan, prior=prior)),
-        BacklogSubmitted(at=T0, source="test", projects=[project], tasks=tasks),
-    ]
-    state = State()
-    for event in journal:
-        apply(state, event)
+    clock = ManualClock(T0)
     environ = {"ANTHROPIC_BASE_URL": provider.url, "ANTHROPIC_API_KEY": TEST_API_KEY}
-    pool = AgentPool(
-        backends={"api": ApiBackend(environ=environ, clock=clock)},
-        workspaces=GitWorkspaces(tmp_path / "worktrees"),
-        clock=clock,
-        logs_dir=tmp_path / "logs",
-        state=state,
+    shell = SteppedShell(
+        [
+            CapacityConfigured(at=T0, config=CapacityConfig(plan=plan, prior=prior)),
+            BacklogSubmitted(at=T0, source="test", projects=[project], tasks=tasks),
+        ],
+        {"api": ApiBackend(environ=environ, clock=clock)},
+        clock,
+        SchedulerConfig(max_agents=2),
+        tmp_path,
     )
-    config = SchedulerConfig(max_agents=2)
     hits: list[int] = []
     effective: list[float | None] = []
     for window in range(windows):
@@ -93,28 +73,16 @@ async def run_windows(
         provider.new_window(resets_at=end)
         before = provider.limit_hits
         while clock.t < end:
-            decision = decide(state, clock.t, config)
-            events = [command_event(c, clock.t, str(tmp_path / "logs")) for c in decision.commands]
-            for event in events:
-                apply(state, event)
-            journal.extend(events)
-            starts = [e for e in events if isinstance(e, AttemptDispatched)]
+            events = await shell.turn()
             if not events:
                 # Nothing to do until a reset (or the end of this window).
-                clock.t = min(decision.next_wakeup or end, end)
-                continue
-            for start in starts:
-                pool.start(start)
-            await pool.wait_all()
-            reported, _ = pool.inbox.take()
-            for event in reported:
-                apply(state, event)
-            journal.extend(reported)
-            clock.t += 30.0 if starts else 0.0
+                clock.t = min(shell.next_wakeup or end, end)
+            elif any(isinstance(e, AttemptDispatched) for e in events):
+                shell.advance(30.0)
         hits.append(provider.limit_hits - before)
-        effective.append(state.capacity.book.limits.effective(SESSION))
+        effective.append(shell.state.capacity.book.limits.effective(SESSION))
         clock.t = end
-    return state, hits, effective, journal
+    return shell.state, hits, effective, shell.journal
 
 
 async def test_the_limit_is_learned_from_429s_within_two_windows_and_never_hit_again(
