@@ -15,15 +15,31 @@ time, simulated agents whose first model turn is reported 2 s after they start):
    how long after the outage ended the first Opus attempt ran that the provider
    answered.
 
-Numbers are reported, not asserted (``tests/test_resilience_sim.py`` asserts them).
+Then the same two against the real parts (``--real``; on by default): the ``api``
+backend and the real ``anthropic`` client against ``tests/provider`` (the protocol
+server), driven by ``bench.stepped`` on a manual clock:
+
+3. **Transient (real)**: before each request, with probability 30%, the server is told
+   to answer 529 or 500. Reports attempts, requests the server saw (one per attempt:
+   nothing retries below the orchestrator), and the share of hit tasks that finished.
+4. **Outage (real)**: every Opus request fails with 529 for 300 s of manual clock.
+   Reports Opus requests while the breaker was open (0), per half-open interval (<= 1),
+   Sonnet requests meanwhile, and the seconds from the outage's end to the first Opus
+   answer.
+
+Numbers are reported, not asserted (``tests/test_resilience_sim.py`` asserts the
+simulated ones, ``tests/test_provider_faults.py`` the real failure paths).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from trafficcontrol.domain.breakers import BreakerState
 from trafficcontrol.domain.capacity.families import model_family
@@ -174,24 +190,160 @@ def outage_report(seed: int, n_tasks: int) -> dict[str, object]:
     }
 
 
+def _real_backlog(n: int, *, hard_every: int = 0) -> SubmitRequest:
+    tasks = [
+        TaskSpec(
+            id=TaskId(f"r{i:03}"),
+            project=ProjectId("p"),
+            title=f"real {i}",
+            prompt=f"answer {i}",
+            difficulty=Difficulty.HARD if hard_every and i % hard_every == 0 else None,
+            retry_backoff_s=5.0,
+        )
+        for i in range(n)
+    ]
+    project = ProjectSpec(id=ProjectId("p"), path=tempfile.gettempdir(), agent="api")
+    return SubmitRequest(source="bench", projects=[project], tasks=tasks)
+
+
+async def _real_run(
+    n_tasks: int,
+    seed: int,
+    *,
+    rate: float = 0.0,
+    outage: tuple[float, float] | None = None,
+    hard_every: int = 0,
+) -> dict[str, object]:
+    import random
+
+    from tests.provider.server import TEST_API_KEY, Fault, ProviderServer
+
+    from bench.stepped import ManualClock, SteppedShell
+    from trafficcontrol.adapters.agents.anthropic_api import MODEL_ALIASES, ApiBackend
+    from trafficcontrol.domain.events import BacklogSubmitted
+
+    rng = random.Random(seed)
+    opus_model = MODEL_ALIASES["opus"]
+    t0 = 2_000_000_000.0
+    with ProviderServer() as provider, tempfile.TemporaryDirectory() as root:
+        clock = ManualClock(t0)
+        environ = {"ANTHROPIC_BASE_URL": provider.url, "ANTHROPIC_API_KEY": TEST_API_KEY}
+        request = _real_backlog(n_tasks, hard_every=hard_every)
+        shell = SteppedShell(
+            [
+                BacklogSubmitted(
+                    at=t0, source="bench", projects=request.projects, tasks=request.tasks
+                )
+            ],
+            {"api": ApiBackend(environ=environ, clock=clock)},
+            clock,
+            SchedulerConfig(max_agents=1),
+            Path(root),
+        )
+        down = False
+        breaker = BreakerState.CLOSED
+        opus_while_open = 0
+        probes: list[int] = []
+        sonnet_during = 0
+        first_answer_after: float | None = None
+        for _ in range(20 * n_tasks):
+            now = clock.t - t0
+            if outage is not None and not down and outage[0] <= now < outage[1]:
+                provider.add_fault(Fault.http(529, times=10**6, model=opus_model))
+                down = True
+            if outage is not None and down and now >= outage[1]:
+                provider.clear_faults()
+                down = False
+            if rate and rng.random() < rate:
+                provider.add_fault(Fault.http(rng.choice([529, 500])))
+            events = await shell.turn()
+            for event in events:
+                if isinstance(event, BreakerChanged) and event.key == "api/opus":
+                    breaker = event.state
+                    if breaker is BreakerState.HALF_OPEN:
+                        probes.append(0)
+                elif isinstance(event, AttemptDispatched):
+                    if model_family(event.model).value == "opus":
+                        if breaker is BreakerState.OPEN:
+                            opus_while_open += 1
+                        elif breaker is BreakerState.HALF_OPEN and probes:
+                            probes[-1] += 1
+                    elif outage is not None and outage[0] <= now < outage[1]:
+                        sonnet_during += 1
+                elif (
+                    isinstance(event, TurnUsageReported)
+                    and outage is not None
+                    and model_family(event.model).value == "opus"
+                    and now >= outage[1]
+                    and first_answer_after is None
+                ):
+                    first_answer_after = now - outage[1]
+            if any(isinstance(e, AttemptDispatched) for e in events):
+                shell.advance(1.0)
+            elif not events:
+                if shell.idle():
+                    break
+                wake = shell.next_wakeup
+                assert wake is not None
+                shell.clock.t = max(wake, clock.t + 0.001)
+        state = shell.state
+        hit = {
+            a.task_id for a in state.attempts.values() if a.failure_class is FailureClass.TRANSIENT
+        }
+        recovered = sum(1 for t in hit if state.tasks[TaskId(t)].state is TaskState.DONE)
+        out: dict[str, object] = {
+            "tasks": n_tasks,
+            "attempts": len(state.attempts),
+            "requests_at_server": len(provider.message_requests),
+            "transient_failed_attempts": sum(
+                1 for a in state.attempts.values() if a.failure_class is FailureClass.TRANSIENT
+            ),
+            "tasks_hit_recovered_share": round(recovered / len(hit), 4) if hit else None,
+            "tasks_done": state.counts[TaskState.DONE],
+            "tasks_failed": state.counts[TaskState.FAILED],
+        }
+        if outage is not None:
+            out.update(
+                opus_dispatched_while_open=opus_while_open,
+                half_open_periods=len(probes),
+                max_probes_per_half_open=max(probes, default=0),
+                sonnet_dispatched_during_outage=sonnet_during,
+                first_opus_answered_after_outage_s=first_answer_after,
+            )
+        return out
+
+
+def real_reports(seed: int, n_tasks: int, rate: float) -> dict[str, object]:
+    return {
+        "transient_real": asyncio.run(_real_run(n_tasks, seed, rate=rate)),
+        "outage_real": asyncio.run(_real_run(n_tasks, seed, outage=OUTAGE, hard_every=3)),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=0.3)
+    parser.add_argument("--real-tasks", type=int, default=60)
+    parser.add_argument("--no-real", action="store_true", help="skip the real-provider runs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    report = {
+    report: dict[str, object] = {
         "seed": args.seed,
         "transient": transient_report(args.seed, args.tasks, args.rate),
         "outage": outage_report(args.seed, args.tasks // 2),
     }
+    if not args.no_real:
+        report.update(real_reports(args.seed, args.real_tasks, args.rate))
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
         return 0
-    for name in ("transient", "outage"):
-        section = report[name]
+    for name in ("transient", "outage", "transient_real", "outage_real"):
+        section = report.get(name)
+        if section is None:
+            continue
         assert isinstance(section, dict)
         print(name)
         for key, value in section.items():

@@ -26,7 +26,15 @@ from tests.provider.server import (
 )
 from trafficcontrol.adapters.agents.anthropic_api import DEFAULT_MODEL, ApiBackend
 from trafficcontrol.adapters.agents.claude_sdk import ClaudeBackend
-from trafficcontrol.domain.model import AgentSettings, AttemptId, Outcome, ProjectId, TaskId, Usage
+from trafficcontrol.domain.model import (
+    AgentSettings,
+    AttemptId,
+    FailureEvidence,
+    Outcome,
+    ProjectId,
+    TaskId,
+    Usage,
+)
 from trafficcontrol.errors import AgentError, ConfigError
 from trafficcontrol.ports import AgentRequest
 from trafficcontrol.testing.fakes import RecordingReporter
@@ -102,6 +110,7 @@ async def test_one_call_reports_turn_usage_and_rate_limit_windows_and_writes_the
     )
     assert result.outcome is Outcome.SUCCEEDED, result.error
     assert (result.usage, result.exit_code, result.limit_hit) == (usage, None, None)
+    assert result.failure is None
     assert reporter.turns == [(MODEL, usage)]
     assert reporter.rate_limits == [
         ("tokens", "allowed", 0.75, float(RESETS_AT)),
@@ -154,6 +163,14 @@ async def test_the_hidden_limit_is_a_failed_attempt_with_the_limit_hit_and_no_re
     assert "usage limit reached" in hit.message
     assert (refused.usage, reporter.turns) == (None, [])
     assert reporter.rate_limits == [("tokens", "rejected", 1.0, float(RESETS_AT))]
+    failure = refused.failure
+    assert failure is not None
+    assert (failure.http_status, failure.error_type, failure.exception) == (
+        429,
+        "rate_limit_error",
+        "RateLimitError",
+    )
+    assert failure.should_retry is False and hit.retry_after_s == failure.retry_after_s
     # One request for the refused call: the client did not retry behind our back.
     assert (len(provider.message_requests), provider.limit_hits) == (2, 1)
     assert provider.turns == [text("second")]  # kept for when the window is new
@@ -184,6 +201,12 @@ async def test_a_server_error_is_failed_with_its_status_and_not_retried(
 
     assert result.outcome is Outcome.FAILED and result.limit_hit is None
     assert result.error == "provider answered HTTP 500: injected fault"
+    assert result.failure == FailureEvidence(
+        http_status=500,
+        error_type="api_error",
+        exception="InternalServerError",
+        message=result.error,
+    )
     assert len(provider.message_requests) == 1
     assert (reporter.turns, reporter.rate_limits) == ([], [])
     assert log_records(make_request(tmp_path))[-1]["type"] == "error"
@@ -200,6 +223,7 @@ async def test_an_unreachable_provider_is_failed_clearly(tmp_path: Path) -> None
     assert result.error is not None and result.error.startswith(
         f"cannot reach the provider at {url}"
     )
+    assert result.failure is not None and result.failure.exception == "APIConnectionError"
 
 
 async def test_a_bearer_token_is_used_when_there_is_no_api_key(
@@ -221,6 +245,8 @@ async def test_the_key_stays_out_of_the_log_and_the_error(
     result = await backend(provider, ANTHROPIC_API_KEY=SECRET_KEY).run(request, RecordingReporter())
     assert result.outcome is Outcome.FAILED and result.error is not None
     assert "401" in result.error and SECRET_KEY not in result.error
+    assert result.failure is not None and result.failure.http_status == 401
+    assert SECRET_KEY not in result.failure.message
     assert SECRET_KEY not in request.log_path.read_text()
 
 
@@ -304,3 +330,10 @@ async def test_claude_codes_refusal_on_a_limit_is_a_limit_hit(
     assert hit is not None and (hit.status, hit.resets_at) == (429, RESETS_AT)
     assert "usage limit reached" in hit.message
     assert (len(provider.message_requests), provider.limit_hits) == (1, 1)
+    failure = result.failure
+    assert failure is not None
+    assert (failure.http_status, failure.error_type, failure.terminal_reason) == (
+        429,
+        "rate_limit",
+        "api_error",
+    )

@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import anthropic
+import httpx2
 import pytest
 
 from tests.provider.server import (
@@ -209,3 +210,125 @@ def test_other_paths_answer_harmlessly(provider: ProviderServer) -> None:
         ("HEAD", "/api/hello"),
         ("GET", "/v1/models"),
     ]
+
+
+# -- the other fault kinds -------------------------------------------------------------------
+def stream_text(client: anthropic.Anthropic, model: str = "claude-test") -> str:
+    with client.messages.stream(model=model, max_tokens=8, messages=PROMPT) as s:
+        message = s.get_final_message()
+    return "".join(b.text for b in message.content if b.type == "text")
+
+
+def test_an_sse_error_arrives_mid_stream_and_the_turn_is_kept(
+    provider: ProviderServer, client: anthropic.Anthropic
+) -> None:
+    provider.script("after the error")
+    provider.add_fault(Fault.sse_error("overloaded_error", after_events=1))
+    events: list[str] = []
+    with (
+        pytest.raises(anthropic.APIStatusError) as failed,
+        client.messages.stream(model="claude-test", max_tokens=8, messages=PROMPT) as s,
+    ):
+        events.extend(event.type for event in s)
+
+    assert events == ["message_start"]  # the stream had started (ping is not an event)
+    assert (failed.value.status_code, failed.value.type) == (200, "overloaded_error")
+    assert stream_text(client) == "after the error"
+
+
+def test_an_sse_error_on_a_non_streaming_request_is_its_status(
+    provider: ProviderServer, client: anthropic.Anthropic
+) -> None:
+    provider.add_fault(Fault.sse_error("overloaded_error"))
+    with pytest.raises(anthropic.OverloadedError):
+        client.messages.create(model="claude-test", max_tokens=8, messages=PROMPT)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_drop_before_the_headers_is_a_connection_error(
+    provider: ProviderServer, client: anthropic.Anthropic, stream: bool
+) -> None:
+    provider.script("after the drop")
+    provider.add_fault(Fault.drop())
+    with pytest.raises(anthropic.APIConnectionError) as failed:
+        if stream:
+            stream_text(client)
+        else:
+            client.messages.create(model="claude-test", max_tokens=8, messages=PROMPT)
+    assert isinstance(failed.value.__cause__, httpx2.RemoteProtocolError)
+    assert stream_text(client) == "after the drop"
+
+
+def test_a_drop_mid_stream_cuts_the_body_after_its_bytes(
+    provider: ProviderServer, client: anthropic.Anthropic
+) -> None:
+    provider.script("after the drop")
+    provider.add_fault(Fault.drop(after_bytes=500))
+    events: list[str] = []
+    with (
+        pytest.raises(httpx2.RemoteProtocolError),
+        client.messages.stream(model="claude-test", max_tokens=8, messages=PROMPT) as s,
+    ):
+        events.extend(event.type for event in s)
+    # What came before the cut was delivered; the end never came.
+    assert events[0] == "message_start" and "message_stop" not in events
+    assert stream_text(client) == "after the drop"
+
+
+def test_a_drop_mid_body_of_a_non_streaming_answer(
+    provider: ProviderServer, client: anthropic.Anthropic
+) -> None:
+    provider.add_fault(Fault.drop(after_bytes=10))
+    with pytest.raises(anthropic.APIConnectionError):
+        client.messages.create(model="claude-test", max_tokens=8, messages=PROMPT)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_malformed_body_does_not_parse(
+    provider: ProviderServer, client: anthropic.Anthropic, stream: bool
+) -> None:
+    provider.script("after the garbage")
+    provider.add_fault(Fault.malformed())
+    with pytest.raises(json.JSONDecodeError):
+        if stream:
+            stream_text(client)
+        else:
+            client.messages.create(model="claude-test", max_tokens=8, messages=PROMPT)
+    assert stream_text(client) == "after the garbage"
+
+
+def test_a_stream_stalled_mid_way_opens_then_holds_until_release(
+    provider: ProviderServer, client: anthropic.Anthropic
+) -> None:
+    provider.script("released")
+    provider.add_fault(Fault.stall(mid_stream=True, after_events=1))
+    opened = threading.Event()
+    events: list[str] = []
+
+    def call() -> None:
+        with client.messages.stream(model="claude-test", max_tokens=8, messages=PROMPT) as s:
+            opened.set()  # the headers are in
+            events.extend(event.type for event in s)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert opened.wait(timeout=10)
+    provider.wait_for(lambda p: p.stalled == 1, timeout=10)
+    assert provider.turns == []  # taken, being delivered
+    provider.release()
+    caller.join(timeout=10)
+
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert [r.stream for r in provider.message_requests] == [True]
+
+
+def test_fault_kinds_respect_model_and_after(
+    provider: ProviderServer, client: anthropic.Anthropic
+) -> None:
+    provider.add_fault(Fault.malformed(model="claude-bad", after=1, times=2))
+    assert stream_text(client, "claude-good") == DONE_TEXT
+    assert stream_text(client, "claude-bad") == DONE_TEXT  # let through: after=1
+    for _ in range(2):
+        with pytest.raises(json.JSONDecodeError):
+            stream_text(client, "claude-bad")
+    assert stream_text(client, "claude-bad") == DONE_TEXT

@@ -25,13 +25,21 @@ from trafficcontrol.adapters.stores.run_lock import RunLock
 from trafficcontrol.adapters.stores.snapshot_files import SnapshotStore
 from trafficcontrol.adapters.stores.sqlite import SqliteJournal
 from trafficcontrol.adapters.system_clock import SystemClock
+from trafficcontrol.adapters.workflow_files import load_workflows
 from trafficcontrol.adapters.workspaces.git import GitWorkspaces
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.events import AnyEvent, RolledBack
-from trafficcontrol.domain.requests import AnyRequest, RollbackRequest, SnapshotRequest, plan
+from trafficcontrol.domain.requests import (
+    AnyRequest,
+    RollbackRequest,
+    SnapshotRequest,
+    SubmitRequest,
+    plan,
+)
 from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State
-from trafficcontrol.errors import StoreError, TrafficControlError
+from trafficcontrol.domain.workflows import WorkflowSpec
+from trafficcontrol.errors import BacklogError, StoreError, TrafficControlError
 from trafficcontrol.ports import AgentBackend, Clock, RequestResult
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.recovery import interrupt_leftovers
@@ -99,7 +107,9 @@ class App:
     def journal(self) -> SqliteJournal:
         if self._journal is None:
             self._journal = SqliteJournal(
-                self.home.journal, durability=self.settings.run.durability
+                self.home.journal,
+                durability=self.settings.run.durability,
+                busy_timeout_s=self.settings.run.store_busy_timeout_s,
             )
         return self._journal
 
@@ -139,6 +149,11 @@ class App:
     def request(self, request: AnyRequest, *, wait_s: float = 60.0) -> RequestResult:
         """Apply a request: straight to the journal when no orchestrator runs, else
         through its inbox, waiting for its answer."""
+        if isinstance(request, SubmitRequest):
+            try:
+                request = self.with_workflows(request)
+            except TrafficControlError as exc:
+                return RequestResult(ok=False, message=exc.message, details=[exc.message])
         lock = self.run_lock()
         if lock.try_acquire():
             try:
@@ -161,6 +176,25 @@ class App:
         raise StoreError(
             f"the running orchestrator did not answer request {request_id} within {wait_s:.0f}s"
         )
+
+    def workflows(self) -> dict[str, WorkflowSpec]:
+        """The bundled workflow templates and the user's (``<home>/workflows/*.toml``)."""
+        return load_workflows(self.home.root / "workflows")
+
+    def with_workflows(self, request: SubmitRequest) -> SubmitRequest:
+        """``request`` carrying the definitions of the workflows its tasks name."""
+        names = {t.workflow for t in request.tasks if t.workflow is not None}
+        if not names:
+            return request
+        known = self.workflows()
+        unknown = sorted(names - known.keys())
+        if unknown:
+            raise BacklogError(
+                f"{request.source}: unknown workflow {', '.join(map(repr, unknown))}"
+                f" (known: {', '.join(sorted(known))})",
+                [f"unknown workflow {name!r}" for name in unknown],
+            )
+        return msgspec.structs.replace(request, workflows=[known[n] for n in sorted(names)])
 
     def _apply_request(self, request: AnyRequest) -> RequestResult:
         """A request served with no orchestrator running (the caller holds the lock)."""
@@ -220,6 +254,7 @@ class App:
 
     def orchestrator(self, *, record_latency: bool = False) -> Orchestrator:
         instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        run = self.settings.run
         return Orchestrator(
             journal=self.journal(),
             backends=self.backends(),
@@ -235,6 +270,10 @@ class App:
             snapshotter=self._snapshotter(instance),
             capacity=self.settings.capacity,
             resilience=self.settings.resilience,
+            store_buffer_events=run.store_buffer_events,
+            store_retry_max_s=run.store_retry_max_s,
+            store_shutdown_wait_s=run.store_shutdown_wait_s,
+            hung_after_s=run.hung_after_s or None,
         )
 
     def _kill_marked(self, markers: Collection[str]) -> set[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.model import (
@@ -56,6 +56,8 @@ class AgentRequest:
     settings: AgentSettings
     resume_session_id: str | None = None
     """Continue this agent session instead of starting a new one (claude backend)."""
+    output_schema: dict[str, Any] | None = None
+    """A workflow step's output schema: the answer must end with a JSON object like it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,8 @@ class AgentResult:
     """Set when the attempt ended because the provider refused on a limit (class limit)."""
     failure: FailureEvidence | None = None
     """What the adapter saw when the attempt failed (classified by ``domain.failures``)."""
+    text: str | None = None
+    """The agent's final answer (a workflow step's output is read from it)."""
 
 
 class AttemptReporter(Protocol):

@@ -39,6 +39,29 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     one at every clean stop."""
     snapshot_keep: int = 12
     """Snapshots kept: the newest N, plus the newest of each day for a week."""
+    store_buffer_events: int = 10_000
+    """While the journal cannot be written, events are kept in memory up to this many
+    (dispatch pauses at the first failure); at the bound the running agents are stopped
+    (interrupted, re-queued) so no event is ever dropped (see README, Crash safety)."""
+    store_retry_max_s: float = 5.0
+    """Longest wait between two tries to write the journal while it is unavailable."""
+    store_busy_timeout_s: float = 30.0
+    """How long one write waits for a journal lock held elsewhere before it counts as
+    a store failure."""
+    store_shutdown_wait_s: float = 60.0
+    """At shutdown, how long to keep trying to journal buffered events before giving up
+    (the next start then recovers from the journal as after a crash)."""
+    hung_after_s: float = 1800.0
+    """An agent whose log has not grown for this long is hung: its process group is
+    killed and the attempt fails as transient (retried). 0: never."""
+
+    def __post_init__(self) -> None:
+        if self.store_buffer_events < 1:
+            raise ValueError("run.store_buffer_events must be at least 1")
+        if min(self.store_retry_max_s, self.store_busy_timeout_s) <= 0:
+            raise ValueError("run.store_retry_max_s and run.store_busy_timeout_s must be > 0")
+        if min(self.store_shutdown_wait_s, self.hung_after_s) < 0:
+            raise ValueError("run.store_shutdown_wait_s and run.hung_after_s must be >= 0")
 
 
 class ClaudeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

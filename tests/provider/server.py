@@ -10,7 +10,9 @@ Design notes:
   :class:`Turn` of the test's script (text, or tool calls plus declared usage);
   when the script is exhausted it answers :data:`DONE_TEXT`, so an agent loop
   always terminates. A turn is consumed only when it was delivered in full: a
-  fault or a cut connection leaves it for the client's retry.
+  fault or a cut connection leaves it for the client's retry. The books (turns
+  left, window tokens) are settled before the last byte of an answer goes out,
+  so a test may assert on them as soon as its client call has returned.
 - **Both wire shapes.** ``"stream": true`` gets SSE (chunked HTTP/1.1, so
   keep-alive works as with the real API); anything else gets one JSON message —
   the CLI falls back to ``stream: false`` after a cut stream.
@@ -19,12 +21,33 @@ Design notes:
   public API documents loosely. Other paths answer harmlessly (``/api/hello``
   200, anything else a 404 JSON error).
 - **Faults are a queue.** :meth:`ProviderServer.add_fault` queues a
-  :class:`Fault` that hits the next N matching requests (optionally one model)
-  before any turn is taken. ``STATUS`` (429/500/529/... with headers such as
-  ``retry-after`` or ``x-should-retry``) and ``STALL`` (hold the request until
-  :meth:`ProviderServer.release` or shutdown) exist; new kinds (SSE error
-  mid-stream, dropped connection, malformed body) are one more branch in
-  ``_Handler._apply_fault``.
+  :class:`Fault` that hits the next N matching requests (optionally one model,
+  optionally after letting some through). Kinds, one branch each in ``_Handler``:
+
+  - ``STATUS`` (:meth:`Fault.http`): an HTTP error status (429/500/529/...) with
+    an Anthropic-shaped body and headers such as ``retry-after``/``x-should-retry``.
+  - ``STALL`` (:meth:`Fault.stall`): hold the request, sending nothing, until
+    :meth:`ProviderServer.release` or shutdown, then serve it normally. With
+    ``mid_stream=True`` the headers and the first ``after_events`` events go out
+    first, so a client sees a stream that opened and went silent.
+  - ``SSE_ERROR`` (:meth:`Fault.sse_error`): a 200 stream whose ``after_events``
+    first events are sent, then ``event: error`` (``{"type": "error", "error":
+    {...}}``), then the end of the stream — how the real API reports overload
+    once a stream has started. A non-streaming request gets the error type's
+    HTTP status instead (it cannot fail mid-body).
+  - ``DROP`` (:meth:`Fault.drop`): the connection is closed (FIN, not RST: the
+    client reads every byte sent before the close, so the cut is deterministic)
+    in the middle of the header block when ``after_bytes`` is 0, else after
+    ``after_bytes`` bytes of the body (chunk framing included).
+  - ``MALFORMED`` (:meth:`Fault.malformed`): a 200 whose body is not valid JSON
+    (non-streaming) or whose first SSE ``data:`` line is broken JSON (streaming).
+
+  ``STATUS``, ``MALFORMED``, a plain ``STALL`` and a ``DROP`` before the headers
+  act before the hidden limit is checked and before any turn is taken; the
+  in-stream ones (``SSE_ERROR``, ``STALL(mid_stream=True)``, a ``DROP`` after
+  body bytes) come after that check (a request the hidden limit refuses uses
+  one of their ``times`` up), stream part of the next turn, and give it back
+  unless it was delivered in full.
 - **A hidden usage limit.** :meth:`ProviderServer.set_hidden_limit` plays a
   provider whose window allows N tokens the client is not told of up front:
   every delivered response adds its input + output tokens to the window's
@@ -41,8 +64,10 @@ Design notes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
 import threading
 import time
 import uuid
@@ -140,7 +165,14 @@ class FaultKind(StrEnum):
     STATUS = "status"
     """Answer with an HTTP error status and an Anthropic-shaped error body."""
     STALL = "stall"
-    """Send nothing until ``release()`` or shutdown, then serve the turn normally."""
+    """Hold the request (optionally mid-stream) until ``release()`` or shutdown, then
+    serve the turn normally."""
+    SSE_ERROR = "sse_error"
+    """A 200 stream that carries an ``error`` event after some events."""
+    DROP = "drop"
+    """Close the connection mid-headers or mid-body."""
+    MALFORMED = "malformed"
+    """A 200 whose body (or SSE data line) is not valid JSON."""
 
 
 _ERROR_TYPES = {
@@ -153,6 +185,9 @@ _ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+_ERROR_STATUSES = {error_type: status for status, error_type in _ERROR_TYPES.items()}
+MALFORMED_BODY = b'{"type": "message", "content": [{"type": "text", "te'
+"""What a ``MALFORMED`` fault sends: JSON cut short."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +203,27 @@ class Fault:
     status: int = 500
     headers: Mapping[str, str] = field(default_factory=dict)
     message: str = "injected fault"
+    error_type: str | None = None
+    """The error body's ``type`` (None: the one the real API uses for ``status``)."""
+    after_events: int = 0
+    """``SSE_ERROR`` and a mid-stream ``STALL``: SSE events sent before it strikes."""
+    after_bytes: int = 0
+    """``DROP``: body bytes sent before the close (0: close mid-headers)."""
+    mid_stream: bool = False
+    """``STALL``: send the headers and ``after_events`` events before holding."""
+
+    @property
+    def in_response(self) -> bool:
+        """Strikes once the response has started (after a turn was taken)."""
+        match self.kind:
+            case FaultKind.SSE_ERROR:
+                return True
+            case FaultKind.STALL:
+                return self.mid_stream
+            case FaultKind.DROP:
+                return self.after_bytes > 0
+            case _:
+                return False
 
     @staticmethod
     def http(
@@ -178,19 +234,78 @@ class Fault:
         after: int = 0,
         retry_after: float | None = None,
         should_retry: bool | None = None,
+        error_type: str | None = None,
     ) -> Fault:
+        """An HTTP error ``status``, with ``retry-after`` / ``x-should-retry`` when given."""
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["retry-after"] = f"{retry_after:g}"
         if should_retry is not None:
             headers["x-should-retry"] = "true" if should_retry else "false"
         return Fault(
-            FaultKind.STATUS, times=times, model=model, after=after, status=status, headers=headers
+            FaultKind.STATUS,
+            times=times,
+            model=model,
+            after=after,
+            status=status,
+            headers=headers,
+            error_type=error_type,
         )
 
     @staticmethod
-    def stall(*, times: int = 1, model: str | None = None, after: int = 0) -> Fault:
-        return Fault(FaultKind.STALL, times=times, model=model, after=after)
+    def stall(
+        *,
+        times: int = 1,
+        model: str | None = None,
+        after: int = 0,
+        mid_stream: bool = False,
+        after_events: int = 2,
+    ) -> Fault:
+        """Hold the request until ``release()``; with ``mid_stream`` after the headers and
+        ``after_events`` events (by default ``message_start`` and a ``ping``)."""
+        return Fault(
+            FaultKind.STALL,
+            times=times,
+            model=model,
+            after=after,
+            mid_stream=mid_stream,
+            after_events=after_events if mid_stream else 0,
+        )
+
+    @staticmethod
+    def sse_error(
+        error_type: str = "overloaded_error",
+        *,
+        after_events: int = 1,
+        times: int = 1,
+        model: str | None = None,
+        after: int = 0,
+        message: str = "injected fault",
+    ) -> Fault:
+        """A 200 stream that sends ``after_events`` events, then an ``error`` event."""
+        return Fault(
+            FaultKind.SSE_ERROR,
+            times=times,
+            model=model,
+            after=after,
+            status=_ERROR_STATUSES.get(error_type, 500),
+            error_type=error_type,
+            after_events=after_events,
+            message=message,
+        )
+
+    @staticmethod
+    def drop(
+        *, after_bytes: int = 0, times: int = 1, model: str | None = None, after: int = 0
+    ) -> Fault:
+        """Close the connection mid-headers (``after_bytes=0``) or after that many body
+        bytes."""
+        return Fault(FaultKind.DROP, times=times, model=model, after=after, after_bytes=after_bytes)
+
+    @staticmethod
+    def malformed(*, times: int = 1, model: str | None = None, after: int = 0) -> Fault:
+        """A 200 whose body is not valid JSON (a broken SSE data line when streaming)."""
+        return Fault(FaultKind.MALFORMED, times=times, model=model, after=after)
 
 
 @dataclass(slots=True)
@@ -430,9 +545,11 @@ class ProviderServer:
         }
         return f"usage limit reached, resets at {reset}", headers
 
-    def _delivered(self, turn: Turn) -> None:
+    def _delivered(self, turn: Turn, *, undo: bool = False) -> None:
+        """Count ``turn``'s tokens in the window (``undo``: take them out again)."""
+        tokens = turn.usage.input_tokens + turn.usage.output_tokens
         with self._lock:
-            self._window_tokens += turn.usage.input_tokens + turn.usage.output_tokens
+            self._window_tokens += -tokens if undo else tokens
             self._lock.notify_all()
 
     def _take_turn(self) -> Turn:
@@ -516,54 +633,159 @@ class _Handler(BaseHTTPRequestHandler):
     def _messages(self, body: dict[str, Any]) -> None:
         provider = self.server.provider
         model = str(body.get("model") or "claude-test")
+        stream = body.get("stream") is True
         fault = provider._take_fault(model)
-        if fault is not None and not self._apply_fault(fault):
-            return
+        if fault is not None and not fault.in_response:
+            if not self._apply_fault(fault, stream=stream):
+                return
+            fault = None
         refusal, headers = provider._admit()
         if refusal is not None:
             self._send_error(429, refusal, headers)
             return
         turn = provider._take_turn()
-        try:
-            if body.get("stream") is True:
-                self._stream(turn, model, headers)
-            else:
-                self._send_json(200, _message(turn, model), headers)
-        except OSError:  # the client went away (cancelled, timed out): retry gets the turn
+        held = True
+        if fault is not None and fault.kind is not FaultKind.STALL:
+            # Never delivered: back for the retry before the client can see the failure.
             provider._give_back(turn)
+            held = False
+        delivered = False
+        try:
+            respond = self._stream if stream else self._answer
+            delivered = respond(turn, model, headers, fault)
+        except OSError:  # the client went away (cancelled, timed out)
             self.close_connection = True
-            return
-        provider._delivered(turn)
+        if held and not delivered:
+            provider._give_back(turn)
 
-    def _apply_fault(self, fault: Fault) -> bool:
-        """Act out ``fault``; True when the request should then be served normally."""
+    def _apply_fault(self, fault: Fault, *, stream: bool) -> bool:
+        """Act out a fault that strikes before the response; True when the request
+        should then be served normally."""
         match fault.kind:
             case FaultKind.STATUS:
-                self._send_error(fault.status, fault.message, fault.headers)
-                return False
+                self._send_error(fault.status, fault.message, fault.headers, fault.error_type)
             case FaultKind.STALL:
                 if self.server.provider._stall():
                     return True
                 self.close_connection = True  # shutting down: drop the connection
-                return False
+            case FaultKind.DROP:  # half a header block, then the close
+                self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+                self._drop()
+            case FaultKind.MALFORMED if stream:
+                self._send_head(200, "text/event-stream", {}, length=None)
+                broken = b"event: message_start\ndata: " + MALFORMED_BODY + b"\n\n"
+                self._write_chunks([broken])
+                self._write(_LAST_CHUNK)
+            case FaultKind.MALFORMED:
+                self._send_head(200, "application/json", {}, length=len(MALFORMED_BODY))
+                self.wfile.write(MALFORMED_BODY)
+            case _:
+                raise AssertionError(f"{fault.kind} strikes in the response")
+        return False
 
-    def _stream(self, turn: Turn, model: str, headers: Mapping[str, str]) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("cache-control", "no-cache")
-        self.send_header("transfer-encoding", "chunked")
+    def _stream(
+        self, turn: Turn, model: str, headers: Mapping[str, str], fault: Fault | None
+    ) -> bool:
+        """Stream ``turn`` as SSE, acting out an in-response ``fault``; True when the
+        turn was delivered in full."""
+        self._send_head(200, "text/event-stream", headers, length=None)
+        events = [_sse(event) for event in _sse_events(turn, model)]
+        if fault is None:
+            self._write_chunks(events)
+            self._finish(turn, _LAST_CHUNK)
+            return True
+        match fault.kind:
+            case FaultKind.SSE_ERROR:
+                error = {"type": "error", "error": _error(fault)}
+                self._write_chunks([*events[: fault.after_events], _sse(error)])
+                self._write(_LAST_CHUNK)
+                return False
+            case FaultKind.STALL:
+                self._write_chunks(events[: fault.after_events])
+                if not self.server.provider._stall():
+                    self.close_connection = True
+                    return False
+                self._write_chunks(events[fault.after_events :])
+                self._finish(turn, _LAST_CHUNK)
+                return True
+            case FaultKind.DROP:
+                self._write((b"".join(map(_chunk, events)) + _LAST_CHUNK)[: fault.after_bytes])
+                self._drop()
+                return False
+            case _:
+                raise AssertionError(f"{fault.kind} strikes before the response")
+
+    def _answer(
+        self, turn: Turn, model: str, headers: Mapping[str, str], fault: Fault | None
+    ) -> bool:
+        """Answer ``turn`` as one JSON message, acting out an in-response ``fault``; True
+        when the turn was delivered in full."""
+        encoded = json.dumps(_message(turn, model)).encode()
+        if fault is not None and fault.kind is FaultKind.SSE_ERROR:
+            self._send_error(fault.status, fault.message, error_type=fault.error_type)
+            return False
+        self._send_head(200, "application/json", headers, length=len(encoded))
+        if fault is None:
+            self._finish(turn, encoded)
+            return True
+        match fault.kind:
+            case FaultKind.STALL:
+                self.wfile.flush()
+                if not self.server.provider._stall():
+                    self.close_connection = True
+                    return False
+                self._finish(turn, encoded)
+                return True
+            case FaultKind.DROP:
+                self._write(encoded[: fault.after_bytes])
+                self._drop()
+                return False
+            case _:
+                raise AssertionError(f"{fault.kind} strikes before the response")
+
+    def _finish(self, turn: Turn, last: bytes) -> None:
+        """Send the ``last`` bytes of a delivered answer, counted as delivered first: a
+        client must never see the end of an answer before the server's books do."""
+        provider = self.server.provider
+        provider._delivered(turn)
+        try:
+            self._write(last)
+        except OSError:
+            provider._delivered(turn, undo=True)
+            raise
+
+    # -- plumbing
+    def _send_head(
+        self, status: int, content_type: str, headers: Mapping[str, str], *, length: int | None
+    ) -> None:
+        """Status line and headers; ``length`` None means a chunked body."""
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        if length is None:
+            self.send_header("cache-control", "no-cache")
+            self.send_header("transfer-encoding", "chunked")
+        else:
+            self.send_header("content-length", str(length))
         self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        for event in _sse_events(turn, model):
-            payload = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-            self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
+
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(data)
         self.wfile.flush()
 
-    # -- plumbing
+    def _write_chunks(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            self._write(_chunk(payload))
+
+    def _drop(self) -> None:
+        """Close the connection now, whatever was sent (FIN: see the module notes)."""
+        self.wfile.flush()
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
     def _send_json(
         self,
         status: int,
@@ -573,24 +795,36 @@ class _Handler(BaseHTTPRequestHandler):
         body: bool = True,
     ) -> None:
         encoded = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(encoded)))
-        self.send_header("request-id", f"req_{uuid.uuid4().hex[:24]}")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
+        self._send_head(status, "application/json", headers or {}, length=len(encoded))
         if body:
             self.wfile.write(encoded)
         self.wfile.flush()
 
     def _send_error(
-        self, status: int, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        error_type: str | None = None,
     ) -> None:
-        error_type = _ERROR_TYPES.get(status, "api_error")
-        self._send_json(
-            status, {"type": "error", "error": {"type": error_type, "message": message}}, headers
-        )
+        error = {"type": error_type or _ERROR_TYPES.get(status, "api_error"), "message": message}
+        self._send_json(status, {"type": "error", "error": error}, headers)
+
+
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _chunk(payload: bytes) -> bytes:
+    return f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
+
+
+def _sse(event: Mapping[str, Any]) -> bytes:
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+
+def _error(fault: Fault) -> dict[str, str]:
+    error_type = fault.error_type or _ERROR_TYPES.get(fault.status, "api_error")
+    return {"type": error_type, "message": fault.message}
 
 
 def _message(turn: Turn, model: str) -> dict[str, Any]:

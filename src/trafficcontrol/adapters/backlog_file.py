@@ -66,6 +66,7 @@ class SimEntry(_Strict, frozen=True, kw_only=True):
     seed: int = 0
     needs: Difficulty | None = None
     underpowered_failure_rate: float = 0.7
+    reject_rate: float = 0.0
 
 
 class _AgentEntry(_Strict, frozen=True, kw_only=True):
@@ -103,6 +104,7 @@ class TaskEntry(_AgentEntry, frozen=True, kw_only=True):
     agent: str | None = None
     model: str | None = None
     difficulty: Difficulty | None = None
+    workflow: str | None = None
     timeout: float | None = None
     max_attempts: int | None = None
     on_interrupt: OnInterrupt | None = None
@@ -128,6 +130,7 @@ def _settings(entry: _AgentEntry) -> AgentSettings | None:
             seed=sim.seed,
             needs=sim.needs,
             underpowered_failure_rate=sim.underpowered_failure_rate,
+            reject_rate=sim.reject_rate,
         )
     if all(v is None for v in values.values()):
         return None
@@ -227,6 +230,7 @@ def to_request(
             agent=entry.agent,
             model=entry.model,
             difficulty=entry.difficulty,
+            workflow=entry.workflow,
             timeout_s=entry.timeout,
             max_attempts=entry.max_attempts,
             on_interrupt=entry.on_interrupt,

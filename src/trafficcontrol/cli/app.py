@@ -26,6 +26,7 @@ from trafficcontrol.adapters.backlog_file import read_backlog
 from trafficcontrol.bootstrap import App, Home
 from trafficcontrol.cli import views
 from trafficcontrol.domain.model import (
+    Difficulty,
     Priority,
     ProjectId,
     TaskId,
@@ -143,7 +144,13 @@ def add(
     depends_on: Annotated[list[str] | None, typer.Option("--depends-on")] = None,
     resource: Annotated[list[str] | None, typer.Option("--resource")] = None,
     agent: Annotated[str | None, typer.Option(help="api | claude | command | sim")] = None,
-    model: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option(help="Pin the model (no routing).")] = None,
+    difficulty: Annotated[
+        Difficulty | None, typer.Option(help="Routing hint: trivial | normal | hard.")
+    ] = None,
+    workflow: Annotated[
+        str | None, typer.Option(help="Run as a workflow (tc workflow list).")
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
     max_attempts: Annotated[int | None, typer.Option()] = None,
     home: HomeOption = None,
@@ -160,6 +167,8 @@ def add(
         resources=tuple(resource or ()),
         agent=agent,
         model=model,
+        difficulty=difficulty,
+        workflow=workflow,
         timeout_s=timeout,
         max_attempts=max_attempts,
     )
@@ -303,6 +312,12 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
             f" resets {limit['resets_at'] or 'unknown'}",
             highlight=False,
         )
+    policy = state.resilience.config.breaker
+    for breaker in views.broken_breakers(state):
+        out.print(f"breaker {views.breaker_text(breaker, policy, now)}", highlight=False)
+    if data["errors_by_class"]:
+        by_class = ", ".join(f"{name} {n}" for name, n in data["errors_by_class"].items())
+        out.print(f"failed attempts by class: {by_class} (tc health)", highlight=False)
 
 
 @app.command()
@@ -346,6 +361,8 @@ def show(task_id: str, home: HomeOption = None, as_json: JsonOption = False) -> 
         out.print(f"  retry_at: {data['retry_at']}", highlight=False)
     if data.get("last_error"):
         out.print(f"  last_error: {escape(str(data['last_error']))}", highlight=False)
+    if record.transient_failures:
+        out.print(f"  transient_failures: {record.transient_failures}", highlight=False)
     for attempt_id in record.attempts:
         show_attempt(state.attempts[attempt_id], now)
 
@@ -366,6 +383,7 @@ def show_attempt(attempt: AttemptRecord, now: float) -> None:
             None if attempt.expected_units is None else f"{attempt.expected_units:,.0f} units",
         ),
         ("limit_hit", attempt.limit_hit and views.limit_hit_text(attempt.limit_hit, now)),
+        ("failure", views.failure_text(attempt)),
     ]
     lines += [
         (key, data[key])
@@ -458,9 +476,11 @@ def demo(
 
 
 def main() -> None:
-    from trafficcontrol.cli import capacity, simulate, snapshots
+    from trafficcontrol.cli import capacity, health, simulate, snapshots, workflow
 
     snapshots.register(app)
     simulate.register(app)
     capacity.register(app)
+    health.register(app)
+    workflow.register(app)
     app()

@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from trafficcontrol.domain.breakers import BreakerPolicy, BreakerRecord, BreakerState
+from trafficcontrol.domain.failures import FailureClass
 from trafficcontrol.domain.model import SIMULATED_LABEL, LimitHit, TaskState, Usage
 from trafficcontrol.domain.records import AttemptRecord, TaskRecord
 from trafficcontrol.domain.state import State
@@ -67,6 +69,11 @@ def until(ts: float, now: float) -> str:
     """``Mon 09:00 (in 2h13m)``, or ``Mon 09:00 (due)`` once it has passed."""
     left = ts - now
     return f"{local_time(ts)} ({'in ' + countdown(left) if left > 0 else 'due'})"
+
+
+def ago(ts: float, now: float) -> str:
+    """``Mon 09:00 (3m ago)``: when something happened, and how long ago."""
+    return f"{local_time(ts)} ({countdown(now - ts)} ago)"
 
 
 def wait_text(record: TaskRecord, now: float) -> str:
@@ -124,7 +131,16 @@ def attempt_dict(attempt: AttemptRecord) -> dict[str, Any]:
         "route": attempt.route,
         "expected_units": attempt.expected_units,
         "limit_hit": limit_hit_dict(attempt.limit_hit),
+        "failure_class": attempt.failure_class,
+        "failure_rule": attempt.failure_rule,
     }
+
+
+def failure_text(attempt: AttemptRecord) -> str | None:
+    """``transient (overloaded)``: the class the failure table gave a failed attempt."""
+    if attempt.failure_class is None:
+        return None
+    return f"{attempt.failure_class.value} ({attempt.failure_rule or 'no rule'})"
 
 
 def limit_hit_dict(hit: LimitHit | None) -> dict[str, Any] | None:
@@ -163,6 +179,7 @@ def task_dict(state: State, record: TaskRecord, *, attempts: bool = False) -> di
         "resources": list(spec.resources),
         "attempts": len(record.attempts),
         "last_error": record.last_error,
+        "transient_failures": record.transient_failures,
     }
     if spec.model is not None:
         out["model"] = spec.model
@@ -219,6 +236,40 @@ def waiting_list(state: State, now: float) -> list[dict[str, Any]]:
     ]
 
 
+def next_probe_at(record: BreakerRecord, policy: BreakerPolicy) -> float | None:
+    """When an open breaker lets its one probe through (None: it is not open)."""
+    if record.state is not BreakerState.OPEN:
+        return None
+    return record.changed_at + policy.probe_interval_s
+
+
+def breaker_text(record: BreakerRecord, policy: BreakerPolicy, now: float) -> str:
+    """``claude/opus open since Mon 09:00 (3m ago): 6 failures in a row; next probe …``."""
+    text = f"{record.key} {record.state.value}"
+    if record.changed_at:
+        text += f" since {ago(record.changed_at, now)}"
+    if record.reason:
+        text += f": {record.reason}"
+    probe_at = next_probe_at(record, policy)
+    if probe_at is not None:
+        text += f"; next probe {until(probe_at, now)}"
+    elif record.state is BreakerState.HALF_OPEN:
+        text += f"; probe {record.probe} running" if record.probe else "; waiting for a probe"
+    return text
+
+
+def broken_breakers(state: State) -> list[BreakerRecord]:
+    """Breakers that are not closed, by key."""
+    breakers = state.resilience.breakers.values()
+    return sorted((r for r in breakers if r.state is not BreakerState.CLOSED), key=lambda r: r.key)
+
+
+def errors_by_class(state: State) -> dict[str, int]:
+    """Failed attempts per failure class (all history; classes never seen are left out)."""
+    counted = state.resilience.errors_by_class
+    return {c.value: counted[c.value] for c in FailureClass if counted.get(c.value)}
+
+
 def status_dict(
     state: State, *, orchestrator_running: bool, now: float | None = None
 ) -> dict[str, Any]:
@@ -251,6 +302,17 @@ def status_dict(
             }
             for e in state.rate_limits.values()
         ],
+        "breakers": [
+            {
+                "key": r.key,
+                "state": r.state,
+                "since": when(r.changed_at),
+                "reason": r.reason,
+                "next_probe_at": when(next_probe_at(r, state.resilience.config.breaker)),
+            }
+            for r in broken_breakers(state)
+        ],
+        "errors_by_class": errors_by_class(state),
     }
 
 

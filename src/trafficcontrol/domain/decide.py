@@ -34,6 +34,7 @@ from trafficcontrol.domain.locks import TentativeLocks
 from trafficcontrol.domain.model import AttemptId, ProjectId, StopReason, TaskId, TaskState
 from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.state import State, model_key, task_size
+from trafficcontrol.domain.workflows import ROUTE
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +65,7 @@ class Dispatch(msgspec.Struct, frozen=True):
     resume_of: AttemptId | None = None
     expected_units: float | None = None
     route: str | None = None
+    step: str | None = None
 
 
 class DeferTask(msgspec.Struct, frozen=True):
@@ -154,6 +156,12 @@ def route_for(
     elif pinned is None and backend not in config.routed_backends:
         return Route(family=model_family(None), model=None, reason=f"{backend} default", firm=True)
     ratio = config.routing.scarce_ratio
+    step_tier: tuple[str, ModelFamily] | None = None
+    run = record.workflow_run
+    if run is not None:
+        tier = state.workflows[run.workflow].step(run.step).tier
+        if tier != ROUTE:
+            step_tier = (run.step, ModelFamily(tier))
     return route(
         pinned=pinned,
         pinned_by=pinned_by,
@@ -162,6 +170,7 @@ def route_for(
         failures=record.failures,
         policy=config.routing,
         scarce=lambda family: capacity.limited and capacity.scarce(family, now, ratio),
+        step_tier=step_tier,
     )
 
 
@@ -279,6 +288,10 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
         pending.add(chosen.family, expected)
         no = len(record.attempts) + 1
         timeout = spec.timeout_s if spec.timeout_s is not None else project.timeout_s
+        run = record.workflow_run
+        step = state.workflows[run.workflow].step(run.step) if run is not None else None
+        if step is not None and step.timeout_s is not None:
+            timeout = step.timeout_s
         out.append(
             Dispatch(
                 task_id=task_id,
@@ -291,6 +304,7 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
                 resume_of=resumed.id if resumed else None,
                 expected_units=expected,
                 route=chosen.reason,
+                step=step.name if step is not None else None,
             )
         )
         free -= 1

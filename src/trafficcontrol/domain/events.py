@@ -27,6 +27,7 @@ from trafficcontrol.domain.model import (
 )
 from trafficcontrol.domain.records import SnapshotData
 from trafficcontrol.domain.resilience import ResilienceConfig
+from trafficcontrol.domain.workflows import StepOutcome, WorkflowSpec
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
@@ -39,6 +40,8 @@ class BacklogSubmitted(Event, tag="backlog_submitted", frozen=True):
     source: str
     projects: list[ProjectSpec]
     tasks: list[TaskSpec]
+    workflows: list[WorkflowSpec] = msgspec.field(default_factory=list)
+    """Definitions of the workflows its tasks run (new or changed ones only)."""
 
 
 class AttemptDispatched(Event, tag="attempt_dispatched", frozen=True):
@@ -56,6 +59,8 @@ class AttemptDispatched(Event, tag="attempt_dispatched", frozen=True):
     """The interrupted attempt this one continues (same worktree, same agent session)."""
     expected_units: float | None = None
     """Capacity reserved for it (usage units); None: nothing reserved."""
+    step: str | None = None
+    """The workflow step this attempt runs."""
     route: str | None = None
     """Why this model: the routing decision in words."""
 
@@ -122,6 +127,8 @@ class AttemptFinished(Event, tag="attempt_finished", frozen=True):
     """The class the shell's failure table gave it (``domain.failures``): what happens next."""
     failure_rule: str | None = None
     """The rule that classified it."""
+    step_outcome: StepOutcome | None = None
+    """A workflow step's validated output, or why its answer was not valid."""
 
 
 class TaskDeferred(Event, tag="task_deferred", frozen=True):
@@ -168,6 +175,24 @@ class TaskCancelRequested(Event, tag="task_cancel_requested", frozen=True):
 
 class TaskRetryRequested(Event, tag="task_retry_requested", frozen=True):
     task_id: TaskId
+    feedback: str | None = None
+    """What the next attempt should know (the lead's triage); added to its prompt."""
+    by: str = "user"
+    """user | lead."""
+
+
+class LeadConsulted(Event, tag="lead_consulted", frozen=True):
+    """The lead agent answered one question (its usage is metered like any agent's)."""
+
+    consult_id: str
+    purpose: str
+    """triage | split | answer."""
+    task_id: TaskId | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    decision: str = ""
+    context_utilisation: float = 0.0
+    """The lead's context, as a fraction of its window, when it was asked."""
 
 
 class TaskWoken(Event, tag="task_woken", frozen=True):
@@ -181,6 +206,18 @@ class RolledBack(Event, tag="rolled_back", frozen=True):
 
     version: int
     snapshot: SnapshotData
+
+
+class StoreOutage(Event, tag="store_outage", frozen=True):
+    """The journal could not be written from ``started_at`` until ``at``. Journaled once
+    the store is back, after the events buffered meanwhile (the same batch)."""
+
+    started_at: float
+    buffered: int
+    """Events folded during the outage and journaled late, just before this one."""
+    errors: int
+    """Failed tries to write the journal."""
+    last_error: str
 
 
 class OrchestratorStarted(Event, tag="orchestrator_started", frozen=True):
@@ -211,8 +248,10 @@ AnyEvent = (
     | LimitCorrected
     | CapacityWarned
     | ResilienceConfigured
+    | LeadConsulted
     | BreakerChanged
     | OrchestratorStarted
     | OrchestratorStopped
     | RolledBack
+    | StoreOutage
 )

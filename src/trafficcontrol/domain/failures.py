@@ -12,7 +12,7 @@ Claude Code's terminal reason, ``x-should-retry``, hung time, message) to a clas
 - ``infrastructure``: our own store or network — degrade and retry.
 
 The first rule whose every given field matches wins; a rule field lists alternatives
-(any may match). User rules (config ``[[failures.rules]]``) go before the defaults, so
+(any may match). User rules (config ``[[resilience.rules]]``) go before the defaults, so
 they can override any of them. Evidence no rule matches is ``transient`` with a small
 budget (``Classification.unknown``): an error we have not seen must neither fail a task
 for good nor be retried forever. No evidence at all (a simulated failure, an adapter
@@ -142,7 +142,11 @@ DEFAULT_RULES: tuple[FailureRule, ...] = (
         failure_class=_T,
         exception=["JSONDecodeError", "MessageParseError", "CLIJSONDecodeError", "DecodeError"],
     ),
-    FailureRule(name="malformed response", failure_class=_T, pattern=r"malformed|invalid json"),
+    FailureRule(
+        name="malformed response",
+        failure_class=_T,
+        pattern=r"malformed|invalid json|json parse error",
+    ),
     FailureRule(name="store", failure_class=_I, exception=["StoreError"]),
     FailureRule(name="agent killed by a signal", failure_class=_T, exit_code=[-9, -15, 137, 143]),
     FailureRule(

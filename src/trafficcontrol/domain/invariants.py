@@ -56,6 +56,7 @@ from trafficcontrol.domain.events import (
     OrchestratorStarted,
     OrchestratorStopped,
     RolledBack,
+    TaskRetryRequested,
 )
 from trafficcontrol.domain.interrupts import resumable
 from trafficcontrol.domain.model import (
@@ -68,7 +69,9 @@ from trafficcontrol.domain.model import (
     TaskState,
     lock_name,
 )
-from trafficcontrol.domain.state import State, apply, model_key
+from trafficcontrol.domain.state import State, apply, copy_record, model_key
+from trafficcontrol.domain.workflows import StepOutcome, WorkflowRun, WorkflowSpec, advance
+from trafficcontrol.domain.workflows import start as start_workflow
 
 _BLOCKING = (TaskState.FAILED, TaskState.CANCELLED, TaskState.PENDING)
 
@@ -87,6 +90,10 @@ class InvariantChecker:
         self._open_by_task: dict[TaskId, AttemptId] = {}
         self._ended: dict[AttemptId, tuple[TaskId, Outcome]] = {}
         self._succeeded: dict[TaskId, AttemptId] = {}
+        self._workflows: dict[str, WorkflowSpec] = {}
+        self._runs: dict[TaskId, WorkflowRun] = {}
+        """Shadow workflow runs: a succeeded step attempt finishes its task only when it
+        completes the workflow (computed here from the events, not read from the state)."""
         self._exclusive: dict[str, AttemptId] = {}
         self._shared: dict[str, list[AttemptId]] = {}
         self._by_project: Counter[ProjectId] = Counter()
@@ -116,6 +123,12 @@ class InvariantChecker:
                 self._no_open("the orchestrator stopped")
             case RolledBack():
                 self._rolled_back = True
+            case TaskRetryRequested():
+                run = self._runs.get(event.task_id)
+                if run is not None:
+                    run.loops.clear()
+                    run.reask = None
+                return self._known_reference(event)
             case _:
                 return self._known_reference(event)
         return True
@@ -183,10 +196,16 @@ class InvariantChecker:
 
     # -- the checks -------------------------------------------------------------------
     def _submitted(self, event: BacklogSubmitted) -> None:
+        for workflow in event.workflows:
+            self._workflows[workflow.name] = workflow
         for project in event.projects:
             self._projects[project.id] = project
         for spec in event.tasks:
-            self._tasks.setdefault(spec.id, spec)
+            if spec.id in self._tasks:
+                continue
+            self._tasks[spec.id] = spec
+            if spec.workflow is not None and spec.workflow in self._workflows:
+                self._runs[spec.id] = start_workflow(self._workflows[spec.workflow])
 
     def _dispatched(self, event: AttemptDispatched) -> bool:
         attempt_id, task_id = event.attempt_id, event.task_id
@@ -296,6 +315,11 @@ class InvariantChecker:
                 del self._exclusive[name]
         self._by_project[self._tasks[task_id].project] -= 1
         self._by_model[model_key(dispatched.model)] -= 1
+        run = self._runs.get(task_id)
+        if event.outcome is Outcome.SUCCEEDED and run is not None:
+            outcome = event.step_outcome or StepOutcome(error="no output")
+            if advance(self._workflows[run.workflow], run, outcome).kind != "done":
+                return True  # a step of the workflow, not the end of the task
         if event.outcome is Outcome.SUCCEEDED:
             first = self._succeeded.get(task_id)
             if first is not None:
@@ -335,6 +359,12 @@ class InvariantChecker:
         kept = {a: e for a, e in self._open.items() if a in state.running}
         self._projects = dict(state.projects)
         self._tasks = {t: r.spec for t, r in state.tasks.items()}
+        self._workflows = dict(state.workflows)
+        self._runs = {
+            t: copy_record(r).workflow_run  # type: ignore[misc]
+            for t, r in state.tasks.items()
+            if r.workflow_run is not None
+        }
         self._succeeded = {
             t: r.attempts[-1] if r.attempts else AttemptId("?")
             for t, r in state.tasks.items()

@@ -67,6 +67,10 @@ class StopReason(StrEnum):
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
     ROLLBACK = "rollback"
+    HUNG = "hung"
+    """No output for ``hung_after_s``: the attempt fails (class transient) and is retried."""
+    STORE_OUTAGE = "store_outage"
+    """The journal was down and its buffer full: the attempt is interrupted, re-queued."""
 
 
 class Difficulty(StrEnum):
@@ -193,6 +197,8 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     """The task's true difficulty: a model below it (haiku < sonnet < opus) fails with
     ``underpowered_failure_rate`` (the routing benchmark's success model)."""
     underpowered_failure_rate: float = 0.7
+    reject_rate: float = 0.0
+    """Probability that a boolean output field (a verify step's ``passed``) is false."""
 
 
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -260,6 +266,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Pins the model (no routing); None: routed by difficulty and capacity."""
     difficulty: Difficulty | None = None
     """Routing hint: trivial -> haiku, hard -> opus; None: judged from the task's size."""
+    workflow: str | None = None
+    """Run as this workflow's steps (analyze-implement-verify, …); None: one attempt."""
     timeout_s: float | None = None
     max_attempts: int | None = None
     """Attempts before the task fails for good (None: the project's)."""

@@ -22,6 +22,7 @@ from trafficcontrol.domain.model import (
     Usage,
 )
 from trafficcontrol.domain.resilience import ResilienceSnapshot
+from trafficcontrol.domain.workflows import StepOutcome, WorkflowRun, WorkflowSpec
 
 
 class TaskRecord(msgspec.Struct, kw_only=True):
@@ -40,6 +41,12 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     wait_reason: str | None = None
     """Why it waits (state waiting): a back-off after a failure, or capacity."""
+    workflow_run: WorkflowRun | None = None
+    """Progress through the task's workflow (None: a one-attempt task)."""
+    feedback: str | None = None
+    """What the next attempt should know (set by a retry with feedback)."""
+    triaged: int = 0
+    """How often the lead triaged this task's failure."""
     transient_failures: int = 0
     """Transient / infrastructure failures since (re)submission or a manual retry."""
     first_transient_at: float | None = None
@@ -81,6 +88,9 @@ class AttemptRecord(msgspec.Struct, kw_only=True):
     limit_hit: LimitHit | None = None
     failure_class: FailureClass | None = None
     failure_rule: str | None = None
+    step: str | None = None
+    """The workflow step it ran."""
+    step_outcome: StepOutcome | None = None
 
 
 class RateLimitReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,5 +117,7 @@ class SnapshotData(msgspec.Struct, frozen=True, kw_only=True):
     """The newest provider report per limit window (added in schema 1; absent: none)."""
     capacity: CapacitySnapshot | None = None
     """Ledger, learned limits, forecasts (added in schema 1; absent: nothing metered)."""
+    workflows: list[WorkflowSpec] = msgspec.field(default_factory=list)
+    """Workflow definitions tasks run (added in schema 1)."""
     resilience: ResilienceSnapshot | None = None
     """Breakers, incidents, recent errors, retry policy (added in schema 1)."""

@@ -20,6 +20,8 @@ from trafficcontrol.domain.events import (
 )
 from trafficcontrol.domain.model import ProjectSpec, TaskId, TaskSpec, TaskState
 from trafficcontrol.domain.state import State
+from trafficcontrol.domain.workflows import WorkflowSpec
+from trafficcontrol.domain.workflows import validate as validate_workflow
 from trafficcontrol.errors import BacklogError, UnknownTaskError
 
 BACKENDS = frozenset({"api", "claude", "command", "sim"})
@@ -30,6 +32,8 @@ class SubmitRequest(msgspec.Struct, frozen=True, tag="submit"):
     source: str
     projects: list[ProjectSpec]
     tasks: list[TaskSpec]
+    workflows: list[WorkflowSpec] = msgspec.field(default_factory=list)
+    """The workflows its tasks name (resolved from the templates by the shell)."""
 
 
 class CancelRequest(msgspec.Struct, frozen=True, tag="cancel"):
@@ -84,11 +88,28 @@ def plan_submit(state: State, request: SubmitRequest, now: float) -> BacklogSubm
     problems = _check_ids_and_backends(request.projects, request.tasks)
     found, new_projects, new_tasks = validate_submission(state, request.projects, request.tasks)
     problems.extend(found)
+    given = {w.name: w for w in request.workflows}
+    for spec in request.workflows:
+        problems.extend(validate_workflow(spec))
+    for task in request.tasks:
+        known = task.workflow in given or task.workflow in state.workflows
+        if task.workflow is not None and not known:
+            problems.append(f"task {task.id!r}: unknown workflow {task.workflow!r}")
     if problems:
         raise BacklogError(f"{request.source}: submission refused", problems)
     if not new_projects and not new_tasks:
         return None
-    return BacklogSubmitted(at=now, source=request.source, projects=new_projects, tasks=new_tasks)
+    used = {t.workflow for t in new_tasks if t.workflow is not None}
+    workflows = [
+        w for name, w in sorted(given.items()) if name in used and state.workflows.get(name) != w
+    ]
+    return BacklogSubmitted(
+        at=now,
+        source=request.source,
+        projects=new_projects,
+        tasks=new_tasks,
+        workflows=workflows,
+    )
 
 
 def _record(state: State, task_id: TaskId) -> TaskState:

@@ -141,6 +141,13 @@ class Resilience:
         if incident is not None:
             self.incidents.append(incident)
 
+    def outage(self, key: str, started_at: float, ended_at: float, reason: str) -> None:
+        """A dependency that was down and is back, journaled after the fact (the store
+        cannot journal its own outage while it lasts): an incident, for MTTR."""
+        self.incidents.append(
+            Incident(key=key, opened_at=started_at, closed_at=ended_at, reason=reason)
+        )
+
     # -- queries ----------------------------------------------------------------------
     def blocked(self, key: str, probing: set[str]) -> str | None:
         """Why no attempt may go to ``key`` now (None: it may). ``probing``: keys this

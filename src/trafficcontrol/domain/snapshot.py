@@ -23,7 +23,7 @@ from trafficcontrol.domain.capacity.tracker import Capacity
 from trafficcontrol.domain.events import RateLimitObserved
 from trafficcontrol.domain.records import RateLimitReport, SnapshotData
 from trafficcontrol.domain.resilience import Resilience
-from trafficcontrol.domain.state import State, rebuild_indices
+from trafficcontrol.domain.state import State, copy_record, rebuild_indices
 
 SCHEMA = 1
 
@@ -63,6 +63,7 @@ def capture(state: State) -> SnapshotData:
         ],
         capacity=state.capacity.snapshot(),
         resilience=state.resilience.snapshot(),
+        workflows=list(state.workflows.values()),
     )
 
 
@@ -120,12 +121,11 @@ def restore(data: SnapshotData) -> State:
         for r in data.rate_limits
     }
     state.projects = {p.id: p for p in data.projects}
-    state.tasks = {
-        t.spec.id: msgspec.structs.replace(t, attempts=list(t.attempts)) for t in data.tasks
-    }
+    state.tasks = {t.spec.id: copy_record(t) for t in data.tasks}
     state.attempts = {a.id: msgspec.structs.replace(a) for a in data.attempts}
     if data.capacity is not None:
         state.capacity = Capacity.restore(data.capacity)
+    state.workflows = {w.name: w for w in data.workflows}
     if data.resilience is not None:
         state.resilience = Resilience.restore(data.resilience)
     rebuild_indices(state)

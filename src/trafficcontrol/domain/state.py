@@ -26,7 +26,7 @@ import msgspec
 from trafficcontrol.domain.breakers import key_for
 from trafficcontrol.domain.capacity.costs import SizeBucket, size_bucket
 from trafficcontrol.domain.capacity.families import model_family
-from trafficcontrol.domain.capacity.tracker import Capacity, remainder
+from trafficcontrol.domain.capacity.tracker import DEFAULT_STEP, Capacity, remainder
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
     AgentSessionStarted,
@@ -38,12 +38,14 @@ from trafficcontrol.domain.events import (
     BreakerChanged,
     CapacityConfigured,
     CapacityWarned,
+    LeadConsulted,
     LimitCorrected,
     OrchestratorStarted,
     OrchestratorStopped,
     RateLimitObserved,
     ResilienceConfigured,
     RolledBack,
+    StoreOutage,
     TaskCancelRequested,
     TaskDeferred,
     TaskRetryRequested,
@@ -66,6 +68,8 @@ from trafficcontrol.domain.model import (
 from trafficcontrol.domain.records import AttemptRecord, TaskRecord
 from trafficcontrol.domain.resilience import Resilience
 from trafficcontrol.domain.retries import full_jitter_delay, task_delay
+from trafficcontrol.domain.workflows import StepOutcome, WorkflowRun, WorkflowSpec, advance
+from trafficcontrol.domain.workflows import start as start_workflow
 
 ReadyEntry = tuple[int, float, int, TaskId]
 
@@ -101,6 +105,8 @@ class State:
         """Usage ledger, reservations, learned limits and forecasts (``domain.capacity``)."""
         self.resilience = Resilience()
         """Retry policy, circuit breakers, recent errors and incidents."""
+        self.workflows: dict[str, WorkflowSpec] = {}
+        """Workflow definitions by name (journaled with the tasks that run them)."""
 
     # -- queries ----------------------------------------------------------------
     def live_attempt(self, task_id: TaskId) -> AttemptRecord | None:
@@ -121,6 +127,18 @@ class State:
 
 def model_key(model: str | None) -> str:
     return model or "default"
+
+
+def copy_record(record: TaskRecord) -> TaskRecord:
+    """A copy that shares nothing mutable with ``record`` (which a snapshot or event holds)."""
+    run = record.workflow_run
+    return msgspec.structs.replace(
+        record,
+        attempts=list(record.attempts),
+        workflow_run=None
+        if run is None
+        else msgspec.convert(msgspec.to_builtins(run), WorkflowRun),
+    )
 
 
 def task_size(spec: TaskSpec) -> SizeBucket:
@@ -219,6 +237,8 @@ def _drop_stale_heads(state: State) -> None:
 
 
 def _apply_backlog(state: State, event: BacklogSubmitted) -> None:
+    for workflow in event.workflows:
+        state.workflows[workflow.name] = workflow
     for project in event.projects:
         state.projects[project.id] = project
     for spec in event.tasks:
@@ -232,6 +252,8 @@ def _apply_backlog(state: State, event: BacklogSubmitted) -> None:
         record = TaskRecord(
             spec=spec, state=TaskState.PENDING, unfinished_deps=unfinished, submitted_at=event.at
         )
+        if spec.workflow is not None:
+            record.workflow_run = start_workflow(state.workflows[spec.workflow])
         state.tasks[spec.id] = record
         state.counts[TaskState.PENDING] += 1
         if unfinished == 0:
@@ -253,6 +275,7 @@ def _apply_dispatched(state: State, event: AttemptDispatched) -> None:
         resume_of=event.resume_of,
         expected_units=event.expected_units,
         route=event.route,
+        step=event.step,
     )
     state.attempts[attempt.id] = attempt
     record.attempts.append(attempt.id)
@@ -266,7 +289,12 @@ def _apply_dispatched(state: State, event: AttemptDispatched) -> None:
     if attempt.deadline is not None:
         heapq.heappush(state.deadlines, (attempt.deadline, attempt.id))
     state.capacity.dispatched(
-        attempt.id, attempt.model, attempt.expected_units, event.at, size=task_size(record.spec)
+        attempt.id,
+        attempt.model,
+        attempt.expected_units,
+        event.at,
+        size=task_size(record.spec),
+        step=attempt.step or DEFAULT_STEP,
     )
     state.resilience.dispatched(attempt.id, breaker_key(attempt))
     _drop_stale_heads(state)
@@ -321,7 +349,10 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
     if event.error:
         record.last_error = event.error
     outcome = event.outcome
-    if outcome is Outcome.SUCCEEDED:
+    attempt.step_outcome = event.step_outcome
+    if outcome is Outcome.SUCCEEDED and record.workflow_run is not None:
+        _advance_workflow(state, record, event)
+    elif outcome is Outcome.SUCCEEDED:
         _finish_task(state, record, TaskState.DONE, event.at)
     elif outcome is Outcome.CANCELLED or record.cancel_requested:
         _finish_task(state, record, TaskState.CANCELLED, event.at)
@@ -369,6 +400,29 @@ def _retry_transient(state: State, record: TaskRecord, event: AttemptFinished) -
         _finish_task(state, record, TaskState.FAILED, event.at)
         return
     _wait(state, record, event.at + delay, f"{kind} ({event.failure_rule}): retry {n}/{allowed}")
+
+
+def _advance_workflow(state: State, record: TaskRecord, event: AttemptFinished) -> None:
+    """A step attempt succeeded: the next step, a loop back, a re-ask, or the end."""
+    run = record.workflow_run
+    assert run is not None
+    spec = state.workflows[run.workflow]
+    verdict = advance(spec, run, event.step_outcome or StepOutcome(error="no output"))
+    if verdict.kind == "done":
+        _finish_task(state, record, TaskState.DONE, event.at)
+    elif verdict.kind == "exhausted":
+        record.last_error = f"workflow {spec.name}: {verdict.detail}"
+        _finish_task(state, record, TaskState.FAILED, event.at)
+    elif verdict.kind == "invalid":
+        # The step's output was invalid twice: the step failed (class task).
+        record.failures += 1
+        record.last_error = f"step {verdict.step}: invalid output: {verdict.detail}"
+        if record.failures >= max_attempts(state, record.spec):
+            _finish_task(state, record, TaskState.FAILED, event.at)
+        else:
+            _make_ready(state, record, event.at)
+    else:  # next, loop, reask: the task runs again, on the step the run now points at
+        _make_ready(state, record, event.at)
 
 
 LIMIT_WAIT_FALLBACK_S = 300.0
@@ -476,6 +530,12 @@ def _apply_retry(state: State, event: TaskRetryRequested) -> None:
     if record.state not in (TaskState.FAILED, TaskState.CANCELLED):
         return
     record.failures = 0
+    record.feedback = event.feedback
+    if event.by == "lead":
+        record.triaged += 1
+    if record.workflow_run is not None:
+        record.workflow_run.loops.clear()
+        record.workflow_run.reask = None
     record.transient_failures = 0
     record.first_transient_at = None
     record.finished_at = None
@@ -514,7 +574,7 @@ def _apply_rollback(state: State, event: RolledBack) -> None:
     current_tasks = state.tasks
     tasks: dict[TaskId, TaskRecord] = {}
     for snap in data.tasks:
-        record = msgspec.structs.replace(snap, attempts=list(snap.attempts))
+        record = copy_record(snap)
         now_record = current_tasks.get(record.spec.id)
         if now_record is not None:
             record.attempts = list(now_record.attempts)
@@ -582,6 +642,15 @@ def apply(state: State, event: AnyEvent) -> State:
             state.capacity.warned(event.warning)
         case CapacityConfigured():
             _apply_capacity_config(state, event)
+        case LeadConsulted():
+            state.capacity.usage(
+                event.at,
+                f"lead:{event.consult_id}",
+                event.model,
+                event.usage,
+                agent="lead",
+            )
+
         case ResilienceConfigured():
             saved = msgspec.structs.replace(state.resilience.snapshot(), config=event.config)
             state.resilience = Resilience.restore(saved)
@@ -600,6 +669,9 @@ def apply(state: State, event: AnyEvent) -> State:
             state.running_orchestrator = False
         case RolledBack():
             _apply_rollback(state, event)
+        case StoreOutage():
+            reason = f"journal unavailable ({event.errors} failed writes): {event.last_error}"
+            state.resilience.outage("store", event.started_at, event.at, reason)
     state.seq += 1
     return state
 

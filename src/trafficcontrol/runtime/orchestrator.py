@@ -13,6 +13,42 @@ end is journaled as ``interrupted``, so the next start re-queues it. A crash ski
 all of that; the next start finds the attempts still running in the journal, kills
 any process group that outlived us (matched by pid and start time) and journals
 them as interrupted.
+
+Store outages. Every turn folds what it learned into the state and keeps those
+events in ``_unsent`` with what waits for them to be durable (acknowledgements,
+agents to start or stop, answers to requests); one ``append`` writes the lot, then
+the loop acts. When that append fails with a retryable ``StoreError`` (a locked or
+unreachable journal) the orchestrator degrades instead of dying:
+
+- the running agents go on; their events are folded and added to the buffer, and
+  the append is retried with backoff (``runtime.watchdog.StoreWatch``);
+- nothing new is acted on: no ``decide`` (so no dispatch, no timeout or hung kill),
+  no requests from other processes; what the failed batch had decided waits, folded,
+  until it is journaled;
+- when an append succeeds, the buffer goes in order in one batch followed by one
+  ``StoreOutage`` event (start, end, buffered events, failed writes): the journal
+  cannot record the outage while it lasts, so its summary comes after. Then the
+  deferred actions run and normal turns resume;
+- the buffer is bounded (``store_buffer_events``). At the bound every running agent
+  is stopped (``StopReason.STORE_OUTAGE``, re-queued like a shutdown) — the one
+  action, with shutdown, taken before its intent is durable; the intent still goes
+  into the journal before the agent's end. The bound is then exceeded by at most the
+  stop and the end of each agent, and nothing is ever dropped.
+
+Rejected alternatives at the bound: dropping or coalescing events (turn usage,
+rate-limit reports) loses facts the capacity ledger is built from; blocking the
+agents' reporters breaks the adapters' never-block contract; exiting loses every
+buffered fact, while a stopped agent loses little (a claude attempt resumes its
+session, its worktree stays). A non-retryable ``StoreError`` (a corrupt row,
+another writer on the journal) still ends the run at once. At shutdown the buffer is
+retried for ``store_shutdown_wait_s``; after that the run ends with an error and the
+next start recovers from the journal as after a crash (attempts whose end was lost
+run again).
+
+Hung agents: an attempt whose log has not grown for ``hung_after_s`` gets a
+journaled stop (``StopReason.HUNG``); its agent is killed as on a timeout and the
+attempt fails with ``FailureEvidence(idle_s=...)``, which the failure table classes
+transient, so it is retried (``runtime.watchdog.HungWatch``).
 """
 
 from __future__ import annotations
@@ -22,6 +58,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,6 +71,7 @@ from trafficcontrol.domain.decide import (
 from trafficcontrol.domain.events import (
     AnyEvent,
     AttemptDispatched,
+    AttemptFinished,
     AttemptStopRequested,
     CapacityConfigured,
     OrchestratorStarted,
@@ -41,7 +79,7 @@ from trafficcontrol.domain.events import (
     ResilienceConfigured,
     RolledBack,
 )
-from trafficcontrol.domain.model import AttemptId, StopReason, TaskState
+from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskState
 from trafficcontrol.domain.requests import (
     RollbackRequest,
     SnapshotRequest,
@@ -56,9 +94,22 @@ from trafficcontrol.ports import AgentBackend, Clock, Journal, RequestResult, Wo
 from trafficcontrol.runtime.pool import AgentPool
 from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, interrupt_leftovers
 from trafficcontrol.runtime.snapshotter import Snapshotter
+from trafficcontrol.runtime.watchdog import Health, HungWatch, StoreStatus, StoreWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """What waits for the buffered events to be journaled."""
+
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    stops: list[tuple[AttemptId, StopReason, float | None]] = field(default_factory=list)
+    """(attempt, reason, idle seconds when hung)."""
+    starts: list[AttemptDispatched] = field(default_factory=list)
+    answers: list[tuple[int, RequestResult]] = field(default_factory=list)
+    """Answers to requests from other processes."""
 
 
 class Orchestrator:
@@ -79,6 +130,10 @@ class Orchestrator:
         snapshotter: Snapshotter | None = None,
         capacity: CapacityConfig | None = None,
         resilience: ResilienceConfig | None = None,
+        store_buffer_events: int = 10_000,
+        store_retry_max_s: float = 5.0,
+        store_shutdown_wait_s: float = 60.0,
+        hung_after_s: float | None = None,
     ) -> None:
         self._journal = journal
         self._capacity = capacity
@@ -103,6 +158,13 @@ class Orchestrator:
         self.snapshotter = snapshotter
         self._stopping = False
         self._last_poll = float("-inf")
+        self._next_wakeup: float | None = None
+        self._store = StoreWatch(bound=store_buffer_events, retry_max_s=store_retry_max_s)
+        self._shutdown_wait_s = store_shutdown_wait_s
+        self._hung = HungWatch(hung_after_s)
+        self._unsent: list[AnyEvent] = []
+        """Events folded into the state but not yet journaled, in order."""
+        self._deferred = _Deferred()
 
     # -- lifecycle --------------------------------------------------------------------
     def recover(self, base: State | None = None) -> State:
@@ -131,6 +193,23 @@ class Orchestrator:
         self._stopping = True
         self.pool.inbox.poke()
 
+    def health(self) -> Health:
+        """The degraded modes in force now (read-only; cheap enough to poll)."""
+        store = self._store
+        return Health(
+            store=StoreStatus.OK if store.ok else StoreStatus.DEGRADED,
+            store_since=store.since,
+            store_errors=store.errors,
+            store_last_error=store.last_error,
+            store_outages=store.outages,
+            buffered_events=len(self._unsent),
+            buffer_bound=store.bound,
+            dispatch_paused=not store.ok,
+            agents_stopped=store.shed,
+            hung_after_s=self._hung.hung_after_s,
+            hung_killed=self._hung.killed,
+        )
+
     async def run(self, *, until_idle: bool = True) -> None:
         try:
             await self._start()
@@ -138,7 +217,7 @@ class Orchestrator:
                 await self._step()
                 if self._stopping or (until_idle and self._idle()):
                     break
-                if self.snapshotter is not None:
+                if self.snapshotter is not None and self._store.ok and not self._unsent:
                     self.snapshotter.maybe_start(self.state)
                 await self._wait()
             await self._shutdown()
@@ -176,41 +255,65 @@ class Orchestrator:
         """Fold what agents reported, decide, journal both in one transaction, then act.
 
         The agents' events are folded before they are durable so that ``decide``
-        sees them; nothing outside the process learns of them until the commit
-        returns (waiters are acknowledged, agents started or stopped only after it),
-        and a failed commit ends the run, so the journal stays the truth.
+        sees them; nothing outside the process learns of them until the append
+        returns (waiters are acknowledged, agents started or stopped only after it).
+        While the store is down the turn only folds and buffers (module docstring).
         """
-        if self._clock.monotonic() - self._last_poll >= self._request_poll_s:
+        if self._store.ok and self._clock.monotonic() - self._last_poll >= self._request_poll_s:
             self._last_poll = self._clock.monotonic()
             await self._serve_requests()
         events, waiters = self.pool.inbox.take()
-        for event in events:
-            apply(self.state, event)
+        self._fold(events, waiters)
+        self._next_wakeup = None
+        if self._store.ok:
+            self._decide()
+        await self._flush()
+        self._check_buffer()
+
+    def _decide(self) -> None:
+        """Ask ``decide`` and the hung watch; fold and buffer the intents, defer the acts."""
         decision = decide(self.state, self._clock.now(), self.scheduler)
         self._next_wakeup = decision.next_wakeup
-        starts: list[AttemptDispatched] = []
-        stops: list[AttemptStopRequested] = []
-        if decision.commands and not self._stopping:
-            now = self._clock.now()
-            for command in decision.commands:
-                event = self.pool.command_event(command, now)
-                if isinstance(event, AttemptDispatched):
-                    starts.append(event)
-                elif isinstance(event, AttemptStopRequested):
-                    stops.append(event)
-                apply(self.state, event)
-                events.append(event)
-        await self._append(events)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        for stop in stops:
-            self.pool.stop(stop.attempt_id, stop.reason)
-        for start in starts:
-            self.pool.start(start)
+        if self._stopping:
+            return
+        now = self._clock.now()
+        deferred = self._deferred
+        for command in decision.commands:
+            event = self.pool.command_event(command, now)
+            if isinstance(event, AttemptDispatched):
+                deferred.starts.append(event)
+            elif isinstance(event, AttemptStopRequested):
+                deferred.stops.append((event.attempt_id, event.reason, None))
+            self._fold([event])
+        monotonic = self._clock.monotonic()
+        if not self._hung.due(monotonic):
+            return
+        logs = {
+            aid: attempt.log_path
+            for aid, attempt in self.state.running.items()
+            if attempt.stop_reason is None and self.pool.started(aid)
+        }
+        for aid, idle in self._hung.check(logs, monotonic):
+            log.warning("agent_hung attempt=%s idle_s=%.1f", aid, idle)
+            self._fold([AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.HUNG)])
+            deferred.stops.append((aid, StopReason.HUNG, idle))
+
+    def _fold(
+        self, events: list[AnyEvent], waiters: list[asyncio.Future[None]] | None = None
+    ) -> None:
+        """Fold events that are not journaled yet and buffer them for the next append."""
+        for event in events:
+            apply(self.state, event)
+        self._unsent.extend(events)
+        if waiters:
+            self._deferred.waiters.extend(waiters)
 
     async def _serve_requests(self) -> None:
-        requests = await self._blocking(self._journal.take_requests)
+        try:
+            requests = await self._blocking(self._journal.take_requests)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
         for request in requests:
             try:
                 decoded = request_decoder.decode(request.body)
@@ -222,19 +325,24 @@ class Orchestrator:
                     case _:
                         event = plan(self.state, decoded, self._clock.now())
                         if event is not None:
-                            await self._commit([event])
+                            self._fold([event])  # answered once journaled
                         message = "accepted" if event else "no change"
                         result = RequestResult(ok=True, message=message)
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                result = RequestResult(ok=False, message=f"journal unavailable: {exc.message}")
             except TrafficControlError as exc:
                 problems = getattr(exc, "problems", [exc.message])
                 result = RequestResult(ok=False, message=exc.message, details=problems)
             except ValueError as exc:  # msgspec.DecodeError: a malformed request row
                 result = RequestResult(ok=False, message=f"malformed request: {exc}")
-            await self._blocking(self._journal.finish_request, request.id, result)
+            self._deferred.answers.append((request.id, result))
 
     async def _snapshot_now(self) -> RequestResult:
         if self.snapshotter is None:
             return RequestResult(ok=False, message="snapshots are off (snapshot_interval_s = 0)")
+        await self._flush_or_raise()  # a snapshot never runs ahead of the journal
         record = await self.snapshotter.take(self.state)
         if record is None:
             return RequestResult(ok=False, message=self.snapshotter.last_error or "failed")
@@ -267,10 +375,7 @@ class Orchestrator:
             self.pool.stop(aid, StopReason.ROLLBACK)
         await self.pool.wait_for(rollback.stops)
         events, waiters = self.pool.inbox.take()
-        await self._commit(events)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._fold(events, waiters)
         await self._commit(
             [RolledBack(at=self._clock.now(), version=request.version, snapshot=data)]
         )
@@ -285,56 +390,211 @@ class Orchestrator:
             and not counts[TaskState.READY]
             and not counts[TaskState.WAITING]
             and not self.pool.inbox.pending()
+            and self._store.ok
+            and not self._unsent
         )
 
     async def _wait(self) -> None:
+        monotonic = self._clock.monotonic()
+        retry_in = self._store.retry_in(monotonic)
+        if retry_in is not None:  # the store is down: nothing to do before the next try
+            await self.pool.inbox.wait(retry_in)
+            return
         timeout = self._request_poll_s
         if self._next_wakeup is not None:
             timeout = min(timeout, max(0.0, self._next_wakeup - self._clock.now()))
+        hung_at = self._hung.next_check()
+        if hung_at is not None:
+            timeout = min(timeout, max(0.0, hung_at - monotonic))
         await self.pool.inbox.wait(timeout)
 
     async def _shutdown(self) -> None:
         if self._stopping:
             now = self._clock.now()
-            stops: list[AnyEvent] = [
-                AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.SHUTDOWN)
-                for aid, attempt in self.state.running.items()
-                if attempt.stop_reason is None
-            ]
-            await self._commit(stops)
-            for aid in list(self.state.running):
-                self.pool.stop(aid, StopReason.SHUTDOWN)
+            self._fold(
+                [
+                    AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.SHUTDOWN)
+                    for aid, attempt in self.state.running.items()
+                    if attempt.stop_reason is None
+                ]
+            )
+            # Journal the stops first when the store lets us; stop the agents either way.
+            await self._flush(force=True)
+            self._stop_agents(StopReason.SHUTDOWN)
             await self.pool.wait_all()
         events, waiters = self.pool.inbox.take()
-        events.append(OrchestratorStopped(at=self._clock.now(), instance=self.instance))
-        await self._commit(events)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._fold(events, waiters)
+        self._fold([OrchestratorStopped(at=self._clock.now(), instance=self.instance)])
+        await self._flush_before_exit()
         if self.snapshotter is not None:
             await self.snapshotter.drain()
             await self.snapshotter.take(self.state)
 
+    def _stop_agents(self, reason: StopReason, *, started_only: bool = False) -> None:
+        """Stop the agents now, whether or not their stop intents (folded and buffered
+        by the caller) are journaled yet: shutdown, and a full buffer while the store
+        is down. At shutdown, attempts dispatched but never started end interrupted."""
+        deferred = self._deferred
+        stops, deferred.stops = deferred.stops, []
+        for aid, why, idle in stops:
+            self._stop(aid, why, idle)
+        for aid, attempt in list(self.state.running.items()):
+            self.pool.stop(aid, attempt.stop_reason or reason)
+        if not started_only:
+            starts, deferred.starts = deferred.starts, []
+            for start in starts:
+                self.pool.inbox.put(_never_started(start, reason, self._clock.now()))
+
+    def _stop(self, attempt_id: AttemptId, reason: StopReason, idle_s: float | None) -> None:
+        if reason is StopReason.HUNG:
+            self._hung.killed += 1
+        self.pool.stop(attempt_id, reason, idle_s=idle_s)
+
+    def _check_buffer(self) -> None:
+        """At the buffer's bound, stop the agents: no event may be dropped (docstring).
+        Attempts dispatched but not started yet start once the store is back."""
+        store = self._store
+        if store.ok or store.shed or len(self._unsent) < store.bound:
+            return
+        store.shed = True
+        log.error(
+            "store_buffer_full buffered=%d bound=%d: stopping the agents until the journal is back",
+            len(self._unsent),
+            store.bound,
+        )
+        now = self._clock.now()
+        self._fold(
+            [
+                AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.STORE_OUTAGE)
+                for aid, attempt in self.state.running.items()
+                if attempt.stop_reason is None and self.pool.started(aid)
+            ]
+        )
+        self._stop_agents(StopReason.STORE_OUTAGE, started_only=True)
+
     # -- journal ------------------------------------------------------------------------
+    async def _flush(self, *, force: bool = False) -> bool:
+        """Journal the buffer in one batch (plus the outage summary when the store was
+        down), then act on what waited for it. False: the store is (still) unavailable.
+        While it is down a try is made only when the backoff says so, or ``force``."""
+        store = self._store
+        if not force and not store.due(self._clock.monotonic()):
+            return False
+        buffered = len(self._unsent)
+        batch = list(self._unsent)
+        summary = None if store.ok else store.summary(self._clock.now(), buffered)
+        if summary is not None:
+            batch.append(summary)
+        if batch:
+            try:
+                last = await self._blocking(self._journal.append, batch)
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                self._store_failed(exc)
+                return False
+            del self._unsent[:buffered]
+            if summary is not None:
+                apply(self.state, summary)
+                store.recovered()
+                log.warning(
+                    "store_recovered outage_s=%.1f buffered=%d errors=%d",
+                    summary.at - summary.started_at,
+                    summary.buffered,
+                    summary.errors,
+                )
+            self._check_seq(last)
+        await self._act()
+        return True
+
+    async def _flush_or_raise(self) -> None:
+        if not await self._flush(force=True):
+            raise StoreError(f"the journal is unavailable: {self._store.last_error}")
+
+    async def _flush_before_exit(self) -> None:
+        """Flush, retrying for ``store_shutdown_wait_s`` at most."""
+        give_up_at = self._clock.monotonic() + self._shutdown_wait_s
+        while not await self._flush():
+            monotonic = self._clock.monotonic()
+            if monotonic >= give_up_at:
+                if await self._flush(force=True):  # a last try, whatever the backoff says
+                    return
+                raise StoreError(
+                    f"the journal is still unavailable ({self._store.last_error}):"
+                    f" {len(self._unsent)} events were not journaled; the next start"
+                    " recovers from the journal as after a crash",
+                    retryable=False,
+                )
+            retry_in = self._store.retry_in(monotonic) or 0.0
+            await self.pool.inbox.wait(min(retry_in, give_up_at - monotonic))
+            events, waiters = self.pool.inbox.take()
+            self._fold(events, waiters)
+
+    async def _act(self) -> None:
+        """Do what waited for the journal (called once the buffer is durable)."""
+        deferred = self._deferred
+        waiters, stops, starts = deferred.waiters, deferred.stops, deferred.starts
+        deferred.waiters, deferred.stops, deferred.starts = [], [], []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        for aid, reason, idle in stops:
+            self._stop(aid, reason, idle)
+        for start in starts:
+            if self._stopping:  # never started: end it here rather than start to stop it
+                now = self._clock.now()
+                self.pool.inbox.put(_never_started(start, StopReason.SHUTDOWN, now))
+            else:
+                self.pool.start(start)
+        while deferred.answers:
+            request_id, result = deferred.answers[0]
+            try:
+                await self._blocking(self._journal.finish_request, request_id, result)
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                self._store_failed(exc)
+                return
+            deferred.answers.pop(0)
+
     async def _commit(self, events: list[AnyEvent]) -> None:
-        """Journal, then fold."""
+        """Journal, then fold: for intents that must not be folded before they are
+        durable. The buffer goes first; raises ``StoreError`` when the store is down."""
+        await self._flush_or_raise()
         if not events:
             return
-        last = await self._blocking(self._journal.append, events)
+        try:
+            last = await self._blocking(self._journal.append, events)
+        except StoreError as exc:
+            if exc.retryable:
+                self._store_failed(exc)
+            raise
         for event in events:
             apply(self.state, event)
         self._check_seq(last)
 
-    async def _append(self, events: list[AnyEvent]) -> None:
-        """Journal events that are already folded."""
-        if events:
-            self._check_seq(await self._blocking(self._journal.append, events))
+    def _store_failed(self, exc: StoreError) -> None:
+        store = self._store
+        if store.failed(exc.message, self._clock.now(), self._clock.monotonic()):
+            log.error(
+                "store_unavailable error=%r: dispatch paused, events buffered (bound %d)",
+                exc.message,
+                store.bound,
+            )
+        else:
+            log.warning(
+                "store_still_unavailable errors=%d buffered=%d error=%r",
+                store.errors,
+                len(self._unsent),
+                exc.message,
+            )
 
     def _check_seq(self, last: int) -> None:
         if last != self.state.seq:
             raise StoreError(
                 f"journal sequence {last} does not match the state's {self.state.seq}:"
-                " another process wrote to the journal while this orchestrator ran"
+                " another process wrote to the journal while this orchestrator ran",
+                retryable=False,
             )
 
     async def _blocking(self, fn: Callable[..., T], *args: object) -> T:
@@ -342,3 +602,13 @@ class Orchestrator:
 
     def running_attempts(self) -> list[AttemptId]:
         return list(self.state.running)
+
+
+def _never_started(start: AttemptDispatched, reason: StopReason, now: float) -> AttemptFinished:
+    """The end of an attempt whose dispatch was never acted on (the store was down)."""
+    return AttemptFinished(
+        at=now,
+        attempt_id=start.attempt_id,
+        outcome=Outcome.INTERRUPTED,
+        error=f"interrupted ({reason}) before its agent started",
+    )

@@ -3,9 +3,11 @@
 Design note. The pool owns every agent task and nothing else does; an agent task
 never touches the state or the journal, it reports through the inbox. Stopping an
 attempt is asyncio cancellation of its task, with the reason remembered here so the
-attempt's end is journaled as cancelled, timed out or interrupted; the adapter turns
-the cancellation into SIGTERM → grace → SIGKILL of its process group. Whatever
-happens inside an adapter, exactly one ``AttemptFinished`` leaves each task.
+attempt's end is journaled as cancelled, timed out, interrupted or — stopped as hung
+(``runtime.watchdog``) — failed with the idle time as evidence (class transient: it is
+retried); the adapter turns the cancellation into SIGTERM → grace → SIGKILL of its
+process group. Whatever happens inside an adapter, exactly one ``AttemptFinished``
+leaves each task.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ from trafficcontrol.domain.model import (
     Usage,
 )
 from trafficcontrol.domain.state import State
+from trafficcontrol.domain.workflows import StepSpec, first_prompt
 from trafficcontrol.errors import TrafficControlError
 from trafficcontrol.ports import AgentBackend, AgentRequest, Clock, Workspace, Workspaces
+from trafficcontrol.runtime.handoff import check_output
 from trafficcontrol.runtime.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,8 @@ _STOPPED_OUTCOME = {
     StopReason.TIMEOUT: Outcome.TIMED_OUT,
     StopReason.SHUTDOWN: Outcome.INTERRUPTED,
     StopReason.ROLLBACK: Outcome.INTERRUPTED,
+    StopReason.STORE_OUTAGE: Outcome.INTERRUPTED,
+    StopReason.HUNG: Outcome.FAILED,
 }
 
 
@@ -115,11 +121,20 @@ class _Reporter:
         )
 
 
+def step_of(state: State, task_id: TaskId, step: str | None) -> StepSpec | None:
+    run = state.tasks[task_id].workflow_run
+    if step is None or run is None:
+        return None
+    return state.workflows[run.workflow].step(step)
+
+
 def with_feedback(state: State, task_id: TaskId) -> str:
     """The task's prompt, plus what went wrong last time when the work itself failed
     (class task): the next attempt should not repeat it."""
     record = state.tasks[task_id]
     prompt = record.spec.prompt
+    if record.feedback:
+        prompt = f"{prompt}\n\nBefore this attempt, the lead noted: {record.feedback}"
     previous = [state.attempts[a] for a in record.attempts[:-1]]
     if not previous:
         return prompt
@@ -160,6 +175,7 @@ def dispatched_event(command: Dispatch, now: float, logs_root: str) -> AttemptDi
         resume_of=command.resume_of,
         expected_units=command.expected_units,
         route=command.route,
+        step=command.step,
     )
 
 
@@ -218,6 +234,8 @@ class AgentPool:
         self.state = state
         self._tasks: dict[AttemptId, asyncio.Task[None]] = {}
         self._stop_reasons: dict[AttemptId, StopReason] = {}
+        self._idle: dict[AttemptId, float] = {}
+        """Seconds without output of the attempts stopped as hung."""
         self.latencies: list[float] | None = [] if record_latency else None
         """Seconds from "task ready" to "agent started", when recording."""
 
@@ -234,15 +252,25 @@ class AgentPool:
         attempt_id = AttemptId(task.get_name().removeprefix("agent:"))
         self._tasks.pop(attempt_id, None)
         self._stop_reasons.pop(attempt_id, None)
+        self._idle.pop(attempt_id, None)
 
-    def stop(self, attempt_id: AttemptId, reason: StopReason) -> None:
+    def stop(
+        self, attempt_id: AttemptId, reason: StopReason, *, idle_s: float | None = None
+    ) -> None:
+        """Stop the attempt's agent; ``idle_s``: how long it was silent (reason hung)."""
         task = self._tasks.get(attempt_id)
         if task is not None and attempt_id not in self._stop_reasons:
             self._stop_reasons[attempt_id] = reason
+            if idle_s is not None:
+                self._idle[attempt_id] = idle_s
             task.cancel()
 
     def running(self) -> int:
         return len(self._tasks)
+
+    def started(self, attempt_id: AttemptId) -> bool:
+        """Its agent task runs and is not being stopped."""
+        return attempt_id in self._tasks and attempt_id not in self._stop_reasons
 
     async def wait_for(self, attempt_ids: list[AttemptId]) -> None:
         tasks = [self._tasks[a] for a in attempt_ids if a in self._tasks]
@@ -264,16 +292,7 @@ class AgentPool:
         try:
             result_event = await self._attempt(event, ready_since)
         except asyncio.CancelledError:
-            reason = self._stop_reasons.get(attempt_id, StopReason.SHUTDOWN)
-            outcome = _STOPPED_OUTCOME[reason]
-            error = {
-                Outcome.TIMED_OUT: f"timed out (deadline {event.deadline})",
-                Outcome.CANCELLED: "cancelled",
-                Outcome.INTERRUPTED: f"interrupted ({reason})",
-            }[outcome]
-            result_event = AttemptFinished(
-                at=self._clock.now(), attempt_id=attempt_id, outcome=outcome, error=error
-            )
+            result_event = self._stopped(event)
         except TrafficControlError as exc:
             result_event = AttemptFinished(
                 at=self._clock.now(),
@@ -292,6 +311,29 @@ class AgentPool:
                 failure=FailureEvidence(exception=type(exc).__name__, message=str(exc)[:300]),
             )
         self.inbox.put(classified(result_event, self.state.resilience.config.rules))
+
+    def _stopped(self, event: AttemptDispatched) -> AttemptFinished:
+        attempt_id = event.attempt_id
+        reason = self._stop_reasons.get(attempt_id, StopReason.SHUTDOWN)
+        outcome = _STOPPED_OUTCOME[reason]
+        if reason is StopReason.HUNG:
+            idle = self._idle.get(attempt_id, 0.0)
+            error = f"hung: no output for {idle:.1f}s; its process group was killed"
+            return AttemptFinished(
+                at=self._clock.now(),
+                attempt_id=attempt_id,
+                outcome=outcome,
+                error=error,
+                failure=FailureEvidence(idle_s=idle, message=error),
+            )
+        error = {
+            Outcome.TIMED_OUT: f"timed out (deadline {event.deadline})",
+            Outcome.CANCELLED: "cancelled",
+            Outcome.INTERRUPTED: f"interrupted ({reason})",
+        }[outcome]
+        return AttemptFinished(
+            at=self._clock.now(), attempt_id=attempt_id, outcome=outcome, error=error
+        )
 
     async def _attempt(
         self, event: AttemptDispatched, ready_since: float | None
@@ -326,18 +368,27 @@ class AgentPool:
             if event.backend == "command" and settings.resume_command:
                 settings = msgspec.structs.replace(settings, command=settings.resume_command)
             resume_session_id = resumed.session_id
+        step = step_of(state, spec.id, event.step)
+        prompt = spec.prompt if resumed is not None else with_feedback(state, spec.id)
+        if step is not None:
+            run = state.tasks[spec.id].workflow_run
+            assert run is not None
+            prompt = first_prompt(state.workflows[run.workflow], run, spec.title, spec.prompt, step)
+            if step.tools is not None:
+                settings = msgspec.structs.replace(settings, allowed_tools=list(step.tools))
         request = AgentRequest(
             attempt_id=event.attempt_id,
             task_id=spec.id,
             project_id=project.id,
             attempt_no=event.attempt_no,
             title=spec.title,
-            prompt=spec.prompt if resumed is not None else with_feedback(state, spec.id),
+            prompt=prompt,
             workdir=workspace.path,
             log_path=Path(event.log_path),
             model=event.model,
             settings=settings,
             resume_session_id=resume_session_id,
+            output_schema=step.output_schema if step is not None else None,
         )
         backend = self._backends[event.backend]
         if self.latencies is not None and ready_since is not None:
@@ -354,4 +405,9 @@ class AgentPool:
             simulated=result.simulated,
             limit_hit=result.limit_hit,
             failure=result.failure,
+            step_outcome=(
+                check_output(result.text, step.output_schema)
+                if step is not None and result.outcome is Outcome.SUCCEEDED
+                else None
+            ),
         )

@@ -35,6 +35,7 @@ from trafficcontrol.domain.model import (
     Usage,
 )
 from trafficcontrol.domain.requests import SubmitRequest
+from trafficcontrol.domain.workflows import StepOutcome
 from trafficcontrol.runtime.sim_faults import AGENT_CRASH_ERROR, Faults
 
 _STOPPED = {
@@ -59,6 +60,7 @@ class AgentPlan:
     hung: bool = False
     failure: FailureEvidence | None = None
     transient: bool = False
+    step_outcome: StepOutcome | None = None
 
 
 def plan_attempt(
@@ -254,6 +256,7 @@ class SimAgents:
                     session_id=plan.session_id,
                     simulated=True,
                     failure=plan.failure,
+                    step_outcome=plan.step_outcome if plan.outcome is Outcome.SUCCEEDED else None,
                 )
             )
         out.sort(key=lambda e: e.at)

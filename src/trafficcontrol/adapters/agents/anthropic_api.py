@@ -10,6 +10,15 @@ Design notes
   retries: it classifies the failure, and on a limit (``AgentResult.limit_hit``)
   waits for the reset the provider named instead of hammering it. Retrying here too
   would multiply attempts and hide the provider's refusal from the capacity code.
+- **Failure evidence.** Every failed attempt carries :class:`FailureEvidence`: the
+  HTTP status, the provider's error type (from the body, or from an ``error`` event
+  inside a started stream, which arrives under the stream's 200 and is recorded with
+  no status), ``x-should-retry``, ``retry-after`` and the exception's class name.
+  Classifying it is ``domain.failures``' job, not this module's.
+- **Hung streams end.** The client's read timeout is ``idle_timeout_s``: a provider
+  silent that long, before the headers or between two stream events (the API sends
+  ``ping`` events on a live stream), ends the attempt with ``idle_s`` in the evidence
+  instead of hanging it until the orchestrator's task timeout.
 - **Streaming.** Headers arrive when the stream opens, so the provider's rate-limit
   windows are reported before the body; usage comes from ``message_start`` (input and
   cache tokens) and ``message_delta`` (cumulative output). A stream cut or cancelled
@@ -27,13 +36,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from trafficcontrol.adapters.agents.claude_sdk import JsonlLog
 from trafficcontrol.adapters.agents.limit_errors import (
+    http_failure,
     limit_hit_from_http,
     rate_limit_headers,
     shorten,
 )
-from trafficcontrol.domain.model import LimitHit, Outcome, Usage
+from trafficcontrol.domain.model import FailureEvidence, LimitHit, Outcome, Usage
 from trafficcontrol.errors import AgentError, ConfigError
 from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter, Clock
 
@@ -53,6 +65,9 @@ MODEL_ALIASES = {
 """Routing names families the way Claude Code does ("opus"); the Messages API wants ids."""
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+"""How long the provider may stay silent before a call counts as hung: generous, as a
+hung call costs only this long while a live one killed loses its work."""
 _RATE_LIMIT_ERROR = "rate_limit_error"
 
 
@@ -69,10 +84,18 @@ class ApiBackend:
         model: str = DEFAULT_MODEL,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         timeout_s: float = 600.0,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         """``environ`` supplies ``ANTHROPIC_BASE_URL`` and the credentials (bootstrap
         passes ``os.environ``); ``model`` is used when the request names none;
-        ``max_tokens`` caps the answer; ``timeout_s`` bounds one HTTP exchange."""
+        ``max_tokens`` caps the answer; ``timeout_s`` bounds connecting and sending;
+        ``idle_timeout_s`` is how long the provider may send nothing (before the
+        headers or between stream events) before the call is ended as hung."""
+        if timeout_s <= 0 or idle_timeout_s <= 0:
+            raise ConfigError(
+                f"api backend: timeouts must be > 0, got timeout_s={timeout_s}, "
+                f"idle_timeout_s={idle_timeout_s}"
+            )
         self._base_url = environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
         self._api_key = environ.get("ANTHROPIC_API_KEY") or None
         self._auth_token = None if self._api_key else environ.get("ANTHROPIC_AUTH_TOKEN") or None
@@ -80,6 +103,7 @@ class ApiBackend:
         self._model = model
         self._max_tokens = max_tokens
         self._timeout_s = timeout_s
+        self._idle_timeout_s = idle_timeout_s
 
     def check(self) -> None:
         _require_anthropic()
@@ -113,26 +137,29 @@ class ApiBackend:
         except anthropic.APIStatusError as e:
             return self._refused(e, turn, reporter, log)
         except (anthropic.APIConnectionError, httpx2.TransportError) as e:
-            error = f"cannot reach the provider at {self._base_url}: {e}"
-            return _failed(error, turn, log)
+            return self._cut(e, turn, log)
         except anthropic.APIError as e:  # e.g. a response that does not fit the schema
-            return _failed(f"provider response not understood: {e.message}", turn, log)
+            failure = FailureEvidence(exception=type(e).__name__)
+            return _failed(f"provider response not understood: {e.message}", turn, log, failure)
+        except ValueError as e:  # a body or SSE data line that is not JSON
+            failure = FailureEvidence(exception=type(e).__name__)
+            return _failed(f"malformed provider response: {e}", turn, log, failure)
         else:
             log.write({"type": "text", "text": text})
-            return AgentResult(Outcome.SUCCEEDED, usage=turn.usage)
+            return AgentResult(Outcome.SUCCEEDED, usage=turn.usage, text=text)
         finally:
             turn.report()  # on cancellation too: the tokens were spent
             log.close()
 
     def _client(self) -> AsyncAnthropic:
-        from anthropic import AsyncAnthropic
+        from anthropic import AsyncAnthropic, Timeout
 
         return AsyncAnthropic(
             api_key=self._api_key,
             auth_token=self._auth_token,
             base_url=self._base_url,
             max_retries=0,
-            timeout=self._timeout_s,
+            timeout=Timeout(self._timeout_s, read=self._idle_timeout_s),
         )
 
     async def _call(
@@ -172,12 +199,42 @@ class ApiBackend:
         headers = e.response.headers
         self._report_windows(headers, reporter)
         message = shorten(e.api_message or e.message)
+        now = self._clock.now()
+        failure = http_failure(
+            e.status_code, headers, now, error_type=e.type, exception=type(e).__name__
+        )
         # A rate-limit error event inside a started stream arrives with the stream's 200.
         status = 429 if e.type == _RATE_LIMIT_ERROR else e.status_code
-        limit_hit = limit_hit_from_http(status, headers, message, self._clock.now())
+        limit_hit = limit_hit_from_http(status, headers, message, now)
         if limit_hit is not None:
-            return _failed(f"rate limited: {message}", turn, log, limit_hit=limit_hit)
-        return _failed(f"provider answered HTTP {e.status_code}: {message}", turn, log)
+            return _failed(f"rate limited: {message}", turn, log, failure, limit_hit=limit_hit)
+        if failure.http_status is None:
+            error = f"provider stream failed with {e.type or 'an error'}: {message}"
+        else:
+            error = f"provider answered HTTP {e.status_code}: {message}"
+        return _failed(error, turn, log, failure)
+
+    def _cut(self, e: Exception, turn: _TurnUsage, log: JsonlLog) -> AgentResult:
+        """The exchange broke: no connection, a connection cut, or a silent provider.
+        ``anthropic`` wraps what breaks before the headers; what breaks in the stream's
+        body is the transport's own error."""
+        import httpx2
+
+        cause = e if isinstance(e, httpx2.TransportError) else e.__cause__
+        name = type(e).__name__
+        if isinstance(cause, httpx2.ReadTimeout):
+            idle = self._idle_timeout_s
+            failure = FailureEvidence(exception=name, idle_s=idle)
+            error = f"the provider sent nothing for {idle:g} s: stopped as hung"
+            return _failed(error, turn, log, failure)
+        failure = FailureEvidence(exception=name)
+        if isinstance(e, httpx2.TransportError):
+            error = f"the provider's answer was cut: {e}"
+        elif cause is None or isinstance(cause, (httpx2.ConnectError, httpx2.ConnectTimeout)):
+            error = f"cannot reach the provider at {self._base_url}: {cause or e}"
+        else:
+            error = f"the provider closed the connection before answering: {cause}"
+        return _failed(error, turn, log, failure)
 
 
 def _require_anthropic() -> None:
@@ -190,11 +247,26 @@ def _require_anthropic() -> None:
 
 
 def _failed(
-    error: str, turn: _TurnUsage, log: JsonlLog, *, limit_hit: LimitHit | None = None
+    error: str,
+    turn: _TurnUsage,
+    log: JsonlLog,
+    failure: FailureEvidence,
+    *,
+    limit_hit: LimitHit | None = None,
 ) -> AgentResult:
     error = log.redact(error)
-    log.write({"type": "error", "error": error, "limit_hit": limit_hit is not None})
-    return AgentResult(Outcome.FAILED, error=error, usage=turn.usage, limit_hit=limit_hit)
+    failure = msgspec.structs.replace(failure, message=shorten(error))
+    log.write(
+        {
+            "type": "error",
+            "error": error,
+            "limit_hit": limit_hit is not None,
+            "failure": msgspec.to_builtins(failure),
+        }
+    )
+    return AgentResult(
+        Outcome.FAILED, error=error, usage=turn.usage, limit_hit=limit_hit, failure=failure
+    )
 
 
 class _TurnUsage:

@@ -26,10 +26,24 @@ Design notes
   ``cost_usd=None`` (unknown, never double counted); a fresh one reports both.
 - **Environment.** The SDK lays ``options.env`` over the orchestrator's own
   ``os.environ``; we pass the whole ``environ`` we were given (minus the two
-  variables the SDK manages, ``CLAUDECODE`` and ``CLAUDE_CODE_ENTRYPOINT``) plus the
-  task's ``settings.env``, so ours always wins.
+  variables the SDK manages, ``CLAUDECODE`` and ``CLAUDE_CODE_ENTRYPOINT``), then
+  :data:`ONE_RETRY_LAYER`, then the task's ``settings.env``, so ours always wins.
   Values of secret-looking variables are redacted from the log, wherever they show
   up (a tool that prints the environment included).
+- **One retry layer.** The orchestrator owns retries (it classifies the failure and
+  waits as the provider asks); the CLI's own would multiply attempts and hide a
+  failing provider for minutes. :data:`ONE_RETRY_LAYER` turns them off: with
+  ``CLAUDE_CODE_MAX_RETRIES=0`` a 429/500/529 or a connection cut before the answer
+  is one request, and ``CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK=1`` stops the second,
+  non-streaming request the CLI otherwise sends after a stream that broke (cut,
+  malformed, or an ``error`` event) — both verified against the bundled CLI
+  (tests/test_provider_faults.py). A project's ``settings.env`` may set them back.
+- **Failure evidence.** A failed run carries :class:`FailureEvidence` from the last
+  result (``api_error_status``, ``terminal_reason`` or else an error ``subtype``),
+  the CLI's synthetic assistant message (its ``error`` kind: ``rate_limit``,
+  ``server_error``, ``unknown`` …, recorded as the CLI names it), the exit code, and
+  the SDK exception's class name when the SDK failed otherwise than by the CLI
+  exiting (a process exit is its exit code, not an exception).
 - **System prompt.** ``settings.system_prompt`` is appended to Claude Code's own
   prompt (the ``claude_code`` preset); replacing it would strip the agent's tools
   guidance. The SDK's default (no preset) would send an empty system prompt.
@@ -56,9 +70,10 @@ from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args
 
+import msgspec
 import psutil
 
-from trafficcontrol.adapters.agents.limit_errors import limit_hit_from_result
+from trafficcontrol.adapters.agents.limit_errors import limit_hit_from_result, shorten
 from trafficcontrol.adapters.agents.process_group import (
     RUN_MARKER_ENV,
     create_time_of,
@@ -67,7 +82,7 @@ from trafficcontrol.adapters.agents.process_group import (
     stop_marked,
 )
 from trafficcontrol.adapters.system_clock import SystemClock
-from trafficcontrol.domain.model import AgentSettings, Outcome, Usage
+from trafficcontrol.domain.model import AgentSettings, FailureEvidence, Outcome, Usage
 from trafficcontrol.errors import AgentError, ConfigError
 from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter, Clock
 
@@ -80,6 +95,11 @@ CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAU
 """What the CLI accepts as credentials from the environment (verified: empty counts as unset)."""
 THIRD_PARTY_VARS = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY")
 """Cloud providers whose credentials come from their own SDKs; we cannot check those."""
+ONE_RETRY_LAYER = {
+    "CLAUDE_CODE_MAX_RETRIES": "0",
+    "CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK": "1",
+}
+"""What turns the CLI's own retries off (module notes); a task's ``settings.env`` wins."""
 
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
 _MIN_SECRET_LEN = 8
@@ -181,7 +201,12 @@ class ClaudeBackend:
         except ConfigError as e:
             raise AgentError(e.message) from e
         marker = run_marker(request)
-        env = {**self._environ, **(request.settings.env or {}), RUN_MARKER_ENV: marker}
+        env = {
+            **self._environ,
+            **ONE_RETRY_LAYER,
+            **(request.settings.env or {}),
+            RUN_MARKER_ENV: marker,
+        }
         try:
             log = JsonlLog(request.log_path, secrets=secret_values(env))
         except OSError as e:
@@ -260,9 +285,12 @@ async def _consume(
         return stream.outcome(
             exit_code=e.exit_code,
             error=f"Claude Code exited with code {e.exit_code}{stream.stderr_summary()}",
+            exception=type(e).__name__ if e.exit_code is None else None,
         )
     except ClaudeSDKError as e:
-        return stream.outcome(exit_code=None, error=f"claude-agent-sdk: {e}")
+        return stream.outcome(
+            exit_code=None, error=f"claude-agent-sdk: {e}", exception=type(e).__name__
+        )
     return stream.outcome(exit_code=0, error=None)
 
 
@@ -337,6 +365,8 @@ class AttemptStream:
         self.session_id: str | None = None
         self.result: ResultMessage | None = None
         self.pid: int | None = None
+        self.error_kind: str | None = None
+        """The ``error`` of the CLI's last synthetic assistant message (why a call failed)."""
         self._turn: tuple[str | None, str | None, Usage] | None = None
         """(message id, model, usage) of the turn not yet reported."""
 
@@ -369,8 +399,11 @@ class AttemptStream:
         session_id: object = None
         if isinstance(message, SystemMessage) and message.subtype == "init":
             session_id = message.data.get("session_id")
-        elif isinstance(message, AssistantMessage) and message.usage is not None:
-            self._turn_seen(message.message_id, message.model, message.usage)
+        elif isinstance(message, AssistantMessage):
+            if message.error is not None:
+                self.error_kind = str(message.error)
+            if message.usage is not None:
+                self._turn_seen(message.message_id, message.model, message.usage)
         elif isinstance(message, RateLimitEvent):
             info = message.rate_limit_info
             self._reporter.rate_limit(
@@ -402,19 +435,36 @@ class AttemptStream:
     def stderr_summary(self) -> str:
         return (": " + " | ".join(self._stderr)) if self._stderr else " (no stderr output)"
 
-    def outcome(self, *, exit_code: int | None, error: str | None) -> AgentResult:
+    def outcome(
+        self, *, exit_code: int | None, error: str | None, exception: str | None = None
+    ) -> AgentResult:
+        """The attempt's result; ``error`` explains a failure the result does not, and
+        ``exception`` names the SDK error that ended the run (not a process exit)."""
         self.flush_turn()
         result = self.result
         usage = _usage(result, resumed=self._resumed) if result is not None else None
         session_id = self.session_id or (result.session_id if result is not None else None)
         if error is None and result is not None and not result.is_error:
             return AgentResult(
-                Outcome.SUCCEEDED, exit_code=exit_code, usage=usage, session_id=session_id
+                Outcome.SUCCEEDED,
+                exit_code=exit_code,
+                usage=usage,
+                session_id=session_id,
+                text=result.result,
             )
         if error is None:
             error = describe_failure(result) if result else "Claude Code ended without a result"
         error = self._log.redact(error)
         status = result.api_error_status if result is not None else None
+        failure = FailureEvidence(
+            http_status=status,
+            error_type=self.error_kind,
+            exception=exception,
+            exit_code=exit_code,
+            terminal_reason=_terminal_reason(result),
+            message=shorten(error),
+        )
+        self._log.write({"type": "failure", **msgspec.to_builtins(failure)})
         return AgentResult(
             Outcome.FAILED,
             exit_code=exit_code,
@@ -422,7 +472,17 @@ class AttemptStream:
             usage=usage,
             session_id=session_id,
             limit_hit=limit_hit_from_result(status, error, self._clock.now()),
+            failure=failure,
         )
+
+
+def _terminal_reason(result: ResultMessage | None) -> str | None:
+    """Why the CLI ended: ``terminal_reason``, else an error ``subtype`` (never "success")."""
+    if result is None:
+        return None
+    if result.terminal_reason:
+        return str(result.terminal_reason)
+    return result.subtype if result.subtype != "success" else None
 
 
 def describe_failure(result: ResultMessage) -> str:

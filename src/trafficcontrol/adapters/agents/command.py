@@ -14,7 +14,10 @@ background process that keeps the output open cannot stall us either.
 Error contract: ``run`` never raises for a bad request. A missing or malformed
 template, an unknown placeholder, a missing executable or workdir all come back
 as a FAILED result whose ``error`` names the culprit, so they reach the journal
-like any failed attempt. Only ``CancelledError`` propagates, after the process
+like any failed attempt. A failed result carries :class:`FailureEvidence`: the exit
+code (negative: the signal) of an agent that ran, the exception's class name when
+it could not be started, and ``ConfigError`` for a template or workdir that cannot
+work (retrying cannot fix those). Only ``CancelledError`` propagates, after the process
 group is stopped (see ``process_group``).
 """
 
@@ -28,8 +31,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from trafficcontrol.adapters.agents.limit_errors import MAX_MESSAGE_CHARS, shorten
 from trafficcontrol.adapters.agents.process_group import RUN_MARKER_ENV, ProcessGroup, run_marker
-from trafficcontrol.domain.model import Outcome
+from trafficcontrol.domain.model import FailureEvidence, Outcome
 from trafficcontrol.errors import AgentError, ConfigError
 from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter
 
@@ -49,6 +53,8 @@ PLACEHOLDERS = (
 _TAIL_BYTES = 4096
 _TAIL_LINES = 5
 _LOG_TAG = b"[tc] "
+_CONFIG_ERROR = ConfigError.__name__
+"""The evidence's exception for a request that cannot work as configured."""
 
 
 def prompt_file_path(log_path: Path) -> Path:
@@ -129,15 +135,21 @@ class CommandBackend:
         try:
             argv = render_argv(request.settings.command, placeholder_values(request, prompt_file))
         except AgentError as exc:
-            return _failed(exc.message)
+            return _failed(exc.message, exception=_CONFIG_ERROR)
         if not request.workdir.is_dir():
-            return _failed(f"workdir {request.workdir} does not exist or is not a directory")
+            return _failed(
+                f"workdir {request.workdir} does not exist or is not a directory",
+                exception=_CONFIG_ERROR,
+            )
         try:
             request.log_path.parent.mkdir(parents=True, exist_ok=True)
             prompt_file.write_text(request.prompt, encoding="utf-8", newline="")
             log = request.log_path.open("ab", buffering=0)
         except OSError as exc:
-            return _failed(f"cannot write the attempt's files next to {request.log_path}: {exc}")
+            return _failed(
+                f"cannot write the attempt's files next to {request.log_path}: {exc}",
+                exception=type(exc).__name__,
+            )
         with log:
             return await self._run_logged(request, argv, reporter, log)
 
@@ -153,7 +165,7 @@ class CommandBackend:
         except OSError as exc:
             message = _spawn_error(argv[0], exc)
             _note(log, message)
-            return _failed(message)
+            return _failed(message, exception=type(exc).__name__)
         try:
             reporter.process_started(group.pid, group.pgid, group.create_time)
             code = await group.wait()
@@ -167,9 +179,11 @@ class CommandBackend:
         tail = _tail(request.log_path, start) if code != 0 else ""
         _note(log, _describe_exit(code))
         if code == 0:
-            return AgentResult(outcome=Outcome.SUCCEEDED, exit_code=0)
+            answer = _output(request.log_path, start) if request.output_schema else None
+            return AgentResult(outcome=Outcome.SUCCEEDED, exit_code=0, text=answer)
         error = _describe_exit(code) + ("; last output:\n" + tail if tail else "")
-        return AgentResult(outcome=Outcome.FAILED, exit_code=code, error=error)
+        failure = FailureEvidence(exit_code=code, message=_last_words(error))
+        return AgentResult(outcome=Outcome.FAILED, exit_code=code, error=error, failure=failure)
 
     def _env(self, request: AgentRequest) -> dict[str, str]:
         env = dict(self._environ)
@@ -181,8 +195,16 @@ class CommandBackend:
         return env
 
 
-def _failed(error: str) -> AgentResult:
-    return AgentResult(outcome=Outcome.FAILED, error=error)
+def _failed(error: str, *, exception: str | None = None) -> AgentResult:
+    failure = FailureEvidence(exception=exception, message=shorten(error))
+    return AgentResult(outcome=Outcome.FAILED, error=error, failure=failure)
+
+
+def _last_words(error: str) -> str:
+    """``error`` on one line, its end kept when too long: the agent's last output is what
+    output patterns look for."""
+    flat = " ".join(error.split())
+    return flat if len(flat) <= MAX_MESSAGE_CHARS else "…" + flat[-(MAX_MESSAGE_CHARS - 1) :]
 
 
 def _note(log: BinaryIO, line: str) -> None:
@@ -211,6 +233,21 @@ def _describe_exit(code: int) -> str:
     except ValueError:
         name = "unknown signal"
     return f"killed by signal {-code} ({name})"
+
+
+_ANSWER_BYTES = 256 * 1024
+
+
+def _output(log_path: Path, start: int) -> str:
+    """What the agent wrote in this attempt (its end, up to 256 KiB): a workflow step's
+    structured output is read from it."""
+    try:
+        with log_path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(start, end - _ANSWER_BYTES))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _tail(log_path: Path, start: int) -> str:

@@ -3,7 +3,8 @@
 Design notes
 ------------
 - **Evidence, not control flow.** These functions turn a refusal (HTTP 429 and its
-  headers, or Claude Code's result text) into a :class:`LimitHit`, and a response's
+  headers, or Claude Code's result text) into a :class:`LimitHit`, any failed HTTP
+  exchange into :class:`FailureEvidence` (:func:`http_failure`), and a response's
   ``anthropic-ratelimit-*`` headers into window figures. The orchestrator decides what
   to do with them; nothing here retries or waits.
 - **Never raise on provider input.** Headers and texts come from outside: a value that
@@ -29,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from trafficcontrol.domain.model import LimitHit
+from trafficcontrol.domain.model import FailureEvidence, LimitHit
 
 MAX_MESSAGE_CHARS = 300
 """Provider messages are kept this short (with an ellipsis) in a ``LimitHit``."""
@@ -112,6 +113,29 @@ def limit_hit_from_http(
         retry_after_s=retry_after,
         status=status,
         message=shorten(message),
+    )
+
+
+def http_failure(
+    status: int | None,
+    headers: Mapping[str, str],
+    now: float,
+    *,
+    error_type: str | None = None,
+    exception: str | None = None,
+) -> FailureEvidence:
+    """The evidence of a failed HTTP exchange: ``status`` (None or a 2xx when the error
+    came inside a started stream, which is recorded as no status), the provider's
+    ``error_type``, the ``exception`` class name, ``x-should-retry`` and ``retry-after``
+    (seconds, from ``retry-after-ms`` or ``retry-after`` against ``now``)."""
+    lower = _lowered(headers)
+    should_retry = {"true": True, "false": False}.get(lower.get("x-should-retry", "").lower())
+    return FailureEvidence(
+        http_status=status if status is not None and status >= 300 else None,
+        error_type=error_type,
+        exception=exception,
+        should_retry=should_retry,
+        retry_after_s=_retry_after(lower, now),
     )
 
 

@@ -8,10 +8,12 @@ attempt behaves the same whatever else runs beside it.
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trafficcontrol.domain.model import SIMULATED_LABEL, Outcome, SimSettings, Usage
 from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter, Clock
@@ -73,6 +75,24 @@ def draw_attempt(
     return SimDraw(session_id, duration, fails, family, simulated_usage(family, tokens_in))
 
 
+def sample_output(schema: dict[str, Any], rng: random.Random, reject_rate: float) -> Any:
+    """A value valid under the simple schemas workflows use (objects, arrays, strings,
+    enums, numbers, booleans); a boolean is false with probability ``reject_rate``."""
+    kind = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object":
+        props: dict[str, Any] = schema.get("properties", {})
+        return {name: sample_output(sub, rng, reject_rate) for name, sub in props.items()}
+    if kind == "array":
+        return [sample_output(schema.get("items", {"type": "string"}), rng, reject_rate)]
+    if kind == "boolean":
+        return rng.random() >= reject_rate
+    if kind in ("integer", "number"):
+        return 1
+    return f"{SIMULATED_LABEL} text"
+
+
 class SimBackend:
     name = "sim"
 
@@ -102,6 +122,11 @@ class SimBackend:
         outcome = Outcome.FAILED if fails else Outcome.SUCCEEDED
         if self._write_logs:
             self._log(request.log_path, f"end {outcome} after {duration:.2f}s")
+        text = None
+        if request.output_schema is not None and not fails:
+            rng = random.Random(zlib.crc32(f"out:{request.attempt_id}".encode()))
+            value = sample_output(request.output_schema, rng, sim.reject_rate)
+            text = f"{SIMULATED_LABEL} done.\n```json\n{json.dumps(value)}\n```"
         return AgentResult(
             outcome=outcome,
             exit_code=1 if fails else 0,
@@ -109,6 +134,7 @@ class SimBackend:
             usage=usage,
             session_id=session_id,
             simulated=True,
+            text=text,
         )
 
     @staticmethod

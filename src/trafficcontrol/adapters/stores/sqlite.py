@@ -50,12 +50,16 @@ CREATE TABLE IF NOT EXISTS requests (
 
 
 class SqliteJournal:
-    def __init__(self, path: Path, *, durability: Durability = "process") -> None:
+    def __init__(
+        self, path: Path, *, durability: Durability = "process", busy_timeout_s: float = 30.0
+    ) -> None:
+        """``busy_timeout_s``: how long a write waits for a lock another connection holds
+        before it fails with a (retryable) ``StoreError``."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30.0
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             sync = "FULL" if durability == "power" else "NORMAL"

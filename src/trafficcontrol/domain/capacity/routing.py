@@ -81,8 +81,12 @@ def route(
     failures: int,
     policy: RoutingPolicy,
     scarce: Callable[[ModelFamily], bool],
+    step_tier: tuple[str, ModelFamily] | None = None,
 ) -> Route:
-    """The family and model of a task's next attempt, with the reason in words."""
+    """The family and model of a task's next attempt, with the reason in words.
+
+    ``step_tier``: (step name, family) when a workflow step names its tier; it takes
+    the place of the difficulty judgement (escalation and capacity still apply)."""
     if pinned is not None:
         return Route(
             family=model_family(pinned), model=pinned, reason=f"pinned by {pinned_by}", firm=True
@@ -90,7 +94,9 @@ def route(
     if not policy.enabled:
         return Route(family=model_family(None), model=None, reason="routing off", firm=True)
     firm = False
-    if difficulty is Difficulty.HARD:
+    if step_tier is not None:
+        base, reason = step_tier[1], f"step {step_tier[0]}: {step_tier[1].value}"
+    elif difficulty is Difficulty.HARD:
         base, reason, firm = ModelFamily.OPUS, "hint hard", True
     elif difficulty is Difficulty.TRIVIAL:
         base, reason = ModelFamily.HAIKU, "hint trivial"

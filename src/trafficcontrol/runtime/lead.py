@@ -1,0 +1,205 @@
+"""The lead agent: one long-lived, deliberately small model conversation for what code
+cannot decide. Optional: off unless ``[lead] model`` is configured.
+
+Design note. The orchestrator decides scheduling in code; the lead is consulted for
+judgement — today: triaging a task that failed for good (retry with feedback, or leave
+it to a human). Its conversation is a ``ContextBudget`` (``domain.context``) fed with
+what a lead should know — task specs, results, its own decisions — and kept small by
+the budget's thresholds: completed work is compressed into summaries that keep ids,
+and past the delegate threshold a question is asked in a *fresh* context holding only
+what it needs (the task and its failure), not the lead's whole memory. Each consult is
+one call through an agent backend (the ``api`` backend by default), runs as its own
+asyncio task (never on the loop's hot path), and is journaled as ``LeadConsulted`` with
+its usage, so the lead is metered in the capacity ledger like any agent; its decision
+is journaled as the event it leads to (``TaskRetryRequested(by="lead")``).
+
+The estimator behind the budget is calibrated with every consult: the characters sent
+against the input tokens the provider reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import msgspec
+
+from trafficcontrol.domain.context import Category, ContextBudget, Thresholds
+from trafficcontrol.domain.events import (
+    AnyEvent,
+    AttemptFinished,
+    BacklogSubmitted,
+    LeadConsulted,
+    TaskRetryRequested,
+)
+from trafficcontrol.domain.model import AgentSettings, AttemptId, Outcome, ProjectId, TaskId
+from trafficcontrol.domain.state import State
+from trafficcontrol.ports import AgentBackend, AgentRequest, Clock
+from trafficcontrol.runtime.handoff import check_output
+
+TRIAGE_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "required": ["action", "feedback"],
+    "additionalProperties": False,
+    "properties": {
+        "action": {"enum": ["retry", "escalate"]},
+        "feedback": {"type": "string"},
+    },
+}
+_SYSTEM = (
+    "You lead a team of coding agents. You do not write code. When a task failed, you decide"
+    " whether one more attempt with precise feedback can succeed (action retry, with the"
+    " feedback the next agent needs) or whether a human must look (action escalate, with"
+    " what they should check). Answer with one JSON object."
+)
+
+
+class LeadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model: str | None = None
+    """The lead's model; None: no lead (failed tasks wait for a human)."""
+    backend: str = "api"
+    window_tokens: int = 200_000
+    thresholds: Thresholds = msgspec.field(default_factory=Thresholds)
+    max_triage: int = 1
+    """Retries the lead may order per task."""
+
+
+class Lead:
+    def __init__(
+        self, settings: LeadSettings, backend: AgentBackend, clock: Clock, logs_dir: Path
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.clock = clock
+        self.logs_dir = logs_dir
+        self.budget = ContextBudget(settings.window_tokens, settings.thresholds)
+        self.budget.add("system", Category.SYSTEM, _SYSTEM, compressible=False)
+        self._ids = itertools.count(1)
+        self.in_flight: set[TaskId] = set()
+
+    def observe(self, state: State, events: list[AnyEvent]) -> None:
+        """Remember what a lead should know about these (already folded) events."""
+        for event in events:
+            if isinstance(event, BacklogSubmitted):
+                for spec in event.tasks:
+                    self.budget.add(
+                        f"spec:{spec.id}", Category.TASK_SPECS, f"{spec.id}: {spec.title}"
+                    )
+            elif isinstance(event, AttemptFinished) and event.attempt_id in state.attempts:
+                attempt = state.attempts[event.attempt_id]
+                line = f"{attempt.id} ({attempt.step or 'task'}): {event.outcome}"
+                if event.error:
+                    line += f" — {event.error[:200]}"
+                self.budget.add(f"result:{attempt.id}", Category.RESULTS, line)
+
+    def wants_triage(self, state: State) -> list[TaskId]:
+        """Tasks that failed for good on their work (class task) and may get a retry."""
+        out = []
+        for task_id, record in state.tasks.items():
+            if record.state.value != "failed" or task_id in self.in_flight:
+                continue
+            if record.triaged >= self.settings.max_triage or not record.attempts:
+                continue
+            last = state.attempts[record.attempts[-1]]
+            if last.failure_class is not None and last.failure_class.value != "task":
+                continue
+            out.append(task_id)
+        return out
+
+    async def triage(self, state: State, task_id: TaskId) -> list[AnyEvent]:
+        """Ask the lead about a failed task; the events its answer leads to."""
+        record = state.tasks[task_id]
+        spec = record.spec
+        failures = [
+            f"attempt {a.no} ({a.step or 'task'}): {a.error or a.outcome}"
+            for a in (state.attempts[x] for x in record.attempts)
+            if a.outcome is not Outcome.SUCCEEDED
+        ]
+        question = (
+            f"Task {spec.id}: {spec.title}\n{spec.prompt[:2000]}\n\nFailed attempts:\n"
+            + "\n".join(failures[-5:])
+            + "\n\nDecide: retry (with feedback for the next agent) or escalate."
+        )
+        fresh = self.budget.must_delegate()
+        context = question if fresh else self._render() + "\n\n" + question
+        consult = next(self._ids)
+        request = AgentRequest(
+            attempt_id=AttemptId(f"lead:{consult}"),
+            task_id=task_id,
+            project_id=ProjectId(spec.project),
+            attempt_no=consult,
+            title=f"triage {spec.id}",
+            prompt=context,
+            workdir=self.logs_dir,
+            log_path=self.logs_dir / "lead" / f"{consult}.jsonl",
+            model=self.settings.model,
+            settings=AgentSettings(system_prompt=_SYSTEM),
+            output_schema=dict(TRIAGE_SCHEMA),
+        )
+        reporter = _Quiet()
+        result = await self.backend.run(request, reporter)
+        outcome = check_output(result.text, dict(TRIAGE_SCHEMA))
+        usage = result.usage
+        if usage is not None and usage.input_tokens:
+            self.budget.estimator.observe(len(context) + len(_SYSTEM), usage.input_tokens)
+        decision = "no answer"
+        events: list[AnyEvent] = []
+        now = self.clock.now()
+        if outcome.output is not None:
+            action = str(outcome.output["action"])
+            feedback = str(outcome.output["feedback"])
+            decision = f"{action}: {feedback}"[:300]
+            if action == "retry":
+                events.append(
+                    TaskRetryRequested(at=now, task_id=task_id, feedback=feedback, by="lead")
+                )
+        self.budget.add(f"decision:{consult}", Category.DECISIONS, f"{spec.id}: {decision}")
+        events.insert(
+            0,
+            LeadConsulted(
+                at=now,
+                consult_id=str(consult),
+                purpose="triage",
+                task_id=task_id,
+                model=self.settings.model,
+                usage=usage,
+                decision=decision if outcome.output is not None else f"invalid: {outcome.error}",
+                context_utilisation=self.budget.utilisation(),
+            ),
+        )
+        return events
+
+    def _render(self) -> str:
+        return "\n".join(
+            f"[{entry.category.value}] {entry.text}" for entry in self.budget.entries.values()
+        )
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "utilisation": round(self.budget.utilisation(), 4),
+            "peak": round(self.budget.peak, 4),
+            "by_category": self.budget.by_category(),
+            "compressions": self.budget.compressions,
+            "estimator_error": self.budget.estimator.error,
+            "chars_per_token": round(self.budget.estimator.chars_per_token, 3),
+            "decisions": json.dumps(
+                [e.text for e in self.budget.entries.values() if e.category is Category.DECISIONS][
+                    -3:
+                ]
+            ),
+        }
+
+
+class _Quiet:
+    """The lead's calls report nothing mid-way (its usage arrives with its answer)."""
+
+    def process_started(self, pid: int, pgid: int, create_time: float) -> None: ...
+
+    def session_started(self, session_id: str) -> None: ...
+
+    def rate_limit(
+        self, window: str, status: str, utilization: float | None, resets_at: float | None
+    ) -> None: ...
+
+    def turn_usage(self, model: str | None, usage: object) -> None: ...
