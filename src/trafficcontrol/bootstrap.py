@@ -39,8 +39,9 @@ from trafficcontrol.domain.requests import (
 from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State
 from trafficcontrol.domain.workflows import WorkflowSpec
-from trafficcontrol.errors import BacklogError, StoreError, TrafficControlError
+from trafficcontrol.errors import BacklogError, ConfigError, StoreError, TrafficControlError
 from trafficcontrol.ports import AgentBackend, Clock, RequestResult
+from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.recovery import interrupt_leftovers
 from trafficcontrol.runtime.snapshotter import Snapshotter
@@ -255,9 +256,10 @@ class App:
     def orchestrator(self, *, record_latency: bool = False) -> Orchestrator:
         instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         run = self.settings.run
+        backends = self.backends()
         return Orchestrator(
             journal=self.journal(),
-            backends=self.backends(),
+            backends=backends,
             workspaces=GitWorkspaces(self.home.worktrees),
             clock=self.clock,
             scheduler=self.settings.scheduler(),
@@ -270,11 +272,24 @@ class App:
             snapshotter=self._snapshotter(instance),
             capacity=self.settings.capacity,
             resilience=self.settings.resilience,
+            lead=self._lead(backends),
             store_buffer_events=run.store_buffer_events,
             store_retry_max_s=run.store_retry_max_s,
             store_shutdown_wait_s=run.store_shutdown_wait_s,
             hung_after_s=run.hung_after_s or None,
         )
+
+    def _lead(self, backends: Mapping[str, AgentBackend]) -> Lead | None:
+        settings = self.settings.lead
+        if settings.model is None:
+            return None
+        backend = backends.get(settings.backend)
+        if backend is None:
+            raise ConfigError(
+                f"lead.backend {settings.backend!r} is not a backend"
+                f" (one of {', '.join(sorted(backends))})"
+            )
+        return Lead(settings, backend, self.clock, self.home.logs)
 
     def _kill_marked(self, markers: Collection[str]) -> set[str]:
         return kill_marked(markers, self.settings.run.grace_s)

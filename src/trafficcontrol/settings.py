@@ -17,6 +17,7 @@ from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.resilience import ResilienceConfig
 from trafficcontrol.errors import ConfigError
+from trafficcontrol.runtime.lead import LeadSettings
 
 
 class RunSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -82,6 +83,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)
     """Which model each attempt runs on (see README, Model routing)."""
     resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
+    lead: LeadSettings = msgspec.field(default_factory=LeadSettings)
+    """The optional lead agent (off unless ``model`` is set)."""
     """Retries, circuit breakers and extra failure rules (see README, Failures)."""
 
     def scheduler(self) -> SchedulerConfig:

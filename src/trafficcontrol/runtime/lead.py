@@ -172,7 +172,9 @@ class Lead:
 
     def _render(self) -> str:
         return "\n".join(
-            f"[{entry.category.value}] {entry.text}" for entry in self.budget.entries.values()
+            f"[{entry.category.value}] {entry.text}"
+            for entry in self.budget.entries.values()
+            if entry.category is not Category.SYSTEM  # sent as the system prompt
         )
 
     def stats(self) -> dict[str, object]:

@@ -79,7 +79,7 @@ from trafficcontrol.domain.events import (
     ResilienceConfigured,
     RolledBack,
 )
-from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskState
+from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskId, TaskState
 from trafficcontrol.domain.requests import (
     RollbackRequest,
     SnapshotRequest,
@@ -91,6 +91,7 @@ from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import ConfigError, StoreError, TrafficControlError
 from trafficcontrol.ports import AgentBackend, Clock, Journal, RequestResult, Workspaces
+from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.pool import AgentPool
 from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, interrupt_leftovers
 from trafficcontrol.runtime.snapshotter import Snapshotter
@@ -130,6 +131,7 @@ class Orchestrator:
         snapshotter: Snapshotter | None = None,
         capacity: CapacityConfig | None = None,
         resilience: ResilienceConfig | None = None,
+        lead: Lead | None = None,
         store_buffer_events: int = 10_000,
         store_retry_max_s: float = 5.0,
         store_shutdown_wait_s: float = 60.0,
@@ -138,6 +140,9 @@ class Orchestrator:
         self._journal = journal
         self._capacity = capacity
         self._resilience = resilience
+        self.lead = lead
+        """The optional lead agent (``runtime.lead``); its consults run as their own tasks."""
+        self._consults: set[asyncio.Task[None]] = set()
         self._backends = backends
         self._clock = clock
         self.scheduler = scheduler
@@ -265,6 +270,10 @@ class Orchestrator:
         events, waiters = self.pool.inbox.take()
         self._fold(events, waiters)
         self._next_wakeup = None
+        if self.lead is not None:
+            self.lead.observe(self.state, events)
+            if self._store.ok and not self._stopping:
+                self._consult_lead()
         if self._store.ok:
             self._decide()
         await self._flush()
@@ -297,6 +306,30 @@ class Orchestrator:
             log.warning("agent_hung attempt=%s idle_s=%.1f", aid, idle)
             self._fold([AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.HUNG)])
             deferred.stops.append((aid, StopReason.HUNG, idle))
+
+    def _consult_lead(self) -> None:
+        """Start a triage consult (off the loop) for each task that wants one."""
+        lead = self.lead
+        assert lead is not None
+        for task_id in lead.wants_triage(self.state):
+            lead.in_flight.add(task_id)
+            job = asyncio.create_task(self._triage(task_id), name=f"lead:{task_id}")
+            self._consults.add(job)
+            job.add_done_callback(self._consults.discard)
+
+    async def _triage(self, task_id: TaskId) -> None:
+        lead = self.lead
+        assert lead is not None
+        try:
+            events = await lead.triage(self.state, task_id)
+        except Exception:  # the lead is advice: its failure leaves the task to a human
+            log.exception("lead_triage_failed task=%s", task_id)
+            events = []
+        finally:
+            lead.in_flight.discard(task_id)
+        for event in events:
+            self.pool.inbox.put(event)
+        self.pool.inbox.poke()
 
     def _fold(
         self, events: list[AnyEvent], waiters: list[asyncio.Future[None]] | None = None
@@ -392,6 +425,8 @@ class Orchestrator:
             and not self.pool.inbox.pending()
             and self._store.ok
             and not self._unsent
+            and not self._consults
+            and (self.lead is None or not self.lead.wants_triage(self.state))
         )
 
     async def _wait(self) -> None:

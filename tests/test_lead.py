@@ -1,0 +1,71 @@
+"""The lead agent, end to end: a task fails on its work, the lead (real ``anthropic``
+client against the protocol server) triages it, its feedback reaches the next attempt."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.helpers import journal_events, project, run_until_idle, submit, task
+from tests.provider.server import TEST_API_KEY, ProviderServer, TurnUsage, text
+from trafficcontrol.bootstrap import App, Home
+from trafficcontrol.domain.events import LeadConsulted, TaskRetryRequested
+from trafficcontrol.domain.model import TaskId, TaskState
+from trafficcontrol.runtime.lead import LeadSettings
+from trafficcontrol.settings import RunSettings, Settings
+
+CHECK = (
+    'cat {prompt_file} >> prompts.log; echo "----" >> prompts.log;'
+    ' grep -q "v2 endpoint" {prompt_file}'
+)
+
+
+async def test_the_lead_triages_a_failed_task_and_its_feedback_reaches_the_retry(
+    provider: ProviderServer, tmp_path: Path
+) -> None:
+    verdict = {"action": "retry", "feedback": "Call the v2 endpoint; v1 is gone."}
+    provider.script(
+        text(
+            f"Looking at it.\n```json\n{json.dumps(verdict)}\n```",
+            usage=TurnUsage(input_tokens=900, output_tokens=40),
+        )
+    )
+    work = tmp_path / "work"
+    settings = Settings(
+        run=RunSettings(grace_s=1.0, request_poll_s=0.05),
+        lead=LeadSettings(model="sonnet"),
+    )
+    environ = {**os.environ, "ANTHROPIC_BASE_URL": provider.url, "ANTHROPIC_API_KEY": TEST_API_KEY}
+    app = App(Home(tmp_path / "home"), environ=environ, settings=settings)
+    submit(
+        app,
+        [project(work, agent="command", command=["sh", "-c", CHECK])],
+        [task("fetch", max_attempts=1)],
+    )
+    orchestrator = await run_until_idle(app)
+
+    state = orchestrator.state
+    record = state.tasks[TaskId("fetch")]
+    assert record.state is TaskState.DONE
+    assert record.triaged == 1
+    prompts = (work / "prompts.log").read_text().split("----\n")
+    assert "lead noted" not in prompts[0]
+    assert "Before this attempt, the lead noted: Call the v2 endpoint; v1 is gone." in prompts[1]
+    events = journal_events(app.home.root)
+    consults = [e for e in events if isinstance(e, LeadConsulted)]
+    assert len(consults) == 1
+    consult = consults[0]
+    assert consult.purpose == "triage" and consult.task_id == "fetch"
+    assert consult.decision.startswith("retry: Call the v2 endpoint")
+    assert consult.usage is not None and consult.usage.input_tokens == 900
+    retries = [e for e in events if isinstance(e, TaskRetryRequested)]
+    assert [(r.by, r.feedback) for r in retries] == [("lead", verdict["feedback"])]
+    # The lead is metered like any agent, and asked from a context it keeps small.
+    entries = state.capacity.ledger.entries_between(0, float("inf"))
+    assert [e.agent for e in entries if e.agent == "lead"] == ["lead"]
+    assert 0 < consult.context_utilisation < 0.4
+    # The question went to the provider with the failure, not the agent's transcript.
+    question = provider.message_requests[0].user_texts()[0]
+    assert "do fetch" in question and "attempt 1 (task): exit code 1" in question
+    assert "You lead a team" not in question  # the system prompt is sent as such, once
