@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -244,3 +245,11 @@ def test_a_verify_that_never_passes_ends_with_a_human_not_a_loop() -> None:
 def test_workflow_spec_round_trips_through_the_journal_codec() -> None:
     data = msgspec.json.encode(AIV)
     assert msgspec.json.decode(data, type=WorkflowSpec) == AIV
+
+
+def test_the_readme_workflow_example_loads() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Workflows, handoffs and context budgets", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = parse_workflow(example, "README example")
+    assert [s.name for s in spec.steps] == ["inventory", "migrate"]

@@ -434,6 +434,11 @@ class ProviderServer:
         with self._lock:
             self._faults.append(_PendingFault(fault, skip=fault.after, remaining=fault.times))
 
+    def clear_faults(self) -> None:
+        """Forget every queued fault (an outage ends)."""
+        with self._lock:
+            self._faults.clear()
+
     def set_hidden_limit(self, tokens: int, *, resets_at: float) -> None:
         """Refuse message requests with 429 once the window's counter reaches ``tokens``
         (input + output of every delivered response); the window resets at ``resets_at``
