@@ -7,10 +7,14 @@ import json
 import os
 from pathlib import Path
 
+from tests.domain_driver import canonical, replay
 from tests.helpers import journal_events, project, run_until_idle, submit, task
 from tests.provider.server import TEST_API_KEY, ProviderServer, TurnUsage, text
 from trafficcontrol.bootstrap import App, Home
+from trafficcontrol.domain import snapshot
+from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.events import LeadConsulted, TaskRetryRequested
+from trafficcontrol.domain.invariants import verify_journal
 from trafficcontrol.domain.model import TaskId, TaskState
 from trafficcontrol.runtime.lead import LeadSettings
 from trafficcontrol.settings import RunSettings, Settings
@@ -69,3 +73,71 @@ async def test_the_lead_triages_a_failed_task_and_its_feedback_reaches_the_retry
     question = provider.message_requests[0].user_texts()[0]
     assert "do fetch" in question and "attempt 1 (task): exit code 1" in question
     assert "You lead a team" not in question  # the system prompt is sent as such, once
+
+
+def lead_app(tmp_path: Path, provider: ProviderServer) -> App:
+    settings = Settings(
+        run=RunSettings(grace_s=1.0, request_poll_s=0.05),
+        lead=LeadSettings(model="sonnet"),
+    )
+    environ = {**os.environ, "ANTHROPIC_BASE_URL": provider.url, "ANTHROPIC_API_KEY": TEST_API_KEY}
+    return App(Home(tmp_path / "home"), environ=environ, settings=settings)
+
+
+async def test_the_lead_splits_a_marked_task_into_a_dag_that_finishes_it(
+    provider: ProviderServer, tmp_path: Path
+) -> None:
+    answer = {
+        "subtasks": [
+            {"id": "schema", "title": "Schema", "prompt": "Add the table."},
+            {"id": "api", "title": "API", "prompt": "Add the endpoint.", "depends_on": ["schema"]},
+        ]
+    }
+    provider.script(text(f"```json\n{json.dumps(answer)}\n```"))
+    app = lead_app(tmp_path, provider)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "CLAUDE.md").write_text("Always write tests first.")
+    submit(
+        app,
+        [project(work)],
+        [task("big", split=True), task("after", deps=["big"])],
+    )
+    orchestrator = await run_until_idle(app)
+
+    state = orchestrator.state
+    assert {t: r.state for t, r in state.tasks.items()} == {
+        "big": TaskState.DONE,
+        "big.schema": TaskState.DONE,
+        "big.api": TaskState.DONE,
+        "after": TaskState.DONE,
+    }
+    big = state.tasks[TaskId("big")]
+    assert big.attempts == [] and big.split_into == ["big.schema", "big.api"]
+    child = state.tasks[TaskId("big.api")].spec
+    assert child.depends_on == ("big.schema",) and child.parent == "big"
+    assert child.prompt.startswith("Add the endpoint.\n\n# Context from the parent task\n")
+    assert "Parent task big: big\ndo big" in child.prompt
+    assert "Always write tests first." in child.prompt  # the project's conventions
+    events = journal_events(app.home.root)
+    order = [
+        type(e).__name__ for e in events if type(e).__name__ in ("TaskSplit", "AttemptDispatched")
+    ]
+    assert order[0] == "TaskSplit"  # nothing ran before the split
+    assert verify_journal(events, SchedulerConfig(lead_splits=True), settled=True) == []
+    snapshot_state = snapshot.restore(snapshot.decode(snapshot.encode(state)))
+    assert canonical(snapshot_state) == canonical(replay(events))
+
+
+async def test_an_unusable_split_answer_runs_the_task_as_one(
+    provider: ProviderServer, tmp_path: Path
+) -> None:
+    bad = {"subtasks": [{"id": "x", "title": "X", "prompt": "p", "depends_on": ["nope"]}]}
+    provider.script(text(json.dumps(bad)))
+    app = lead_app(tmp_path, provider)
+    submit(app, [project(tmp_path / "work")], [task("big", split=True)])
+    orchestrator = await run_until_idle(app)
+    record = orchestrator.state.tasks[TaskId("big")]
+    assert record.state is TaskState.DONE and len(record.attempts) == 1
+    consult = next(e for e in journal_events(app.home.root) if isinstance(e, LeadConsulted))
+    assert consult.decision == "not split (invalid answer: subtask x: unknown depends_on ['nope'])"

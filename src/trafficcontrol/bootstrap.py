@@ -262,7 +262,9 @@ class App:
             backends=backends,
             workspaces=GitWorkspaces(self.home.worktrees),
             clock=self.clock,
-            scheduler=self.settings.scheduler(),
+            scheduler=msgspec.structs.replace(
+                self.settings.scheduler(), lead_splits=self.settings.lead.model is not None
+            ),
             logs_dir=self.home.logs,
             instance=instance,
             kill_leftover=_kill_leftover(self.settings.run.grace_s),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.model import (
@@ -117,6 +117,25 @@ class AgentBackend(Protocol):
         SIGTERM to the process group, a grace period, SIGKILL, reap — and re-raises
         ``CancelledError``. Unknown agent output is logged and skipped, never fatal.
         """
+        ...
+
+
+@runtime_checkable
+class SessionHandoff(Protocol):
+    """A backend whose sessions can be rotated (``domain.rotation``): a stopped session
+    can be asked for a handoff summary, and one can be made from an attempt's log."""
+
+    async def handoff(
+        self, request: AgentRequest, session_id: str, prompt: str, reporter: AttemptReporter
+    ) -> str | None:
+        """Resume ``session_id`` (the stopped attempt ``request`` ran) for one turn with
+        ``prompt`` and no tools; its answer, or None when it gave none. Cancellable like
+        ``run``; the turn's usage is reported like any turn's."""
+        ...
+
+    def handoff_from_log(self, log_path: Path) -> str | None:
+        """A handoff extracted from an attempt's log (its last messages, files written);
+        None when the log has nothing to offer. Blocking: reads the file."""
         ...
 
 

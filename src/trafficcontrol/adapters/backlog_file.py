@@ -105,6 +105,7 @@ class TaskEntry(_AgentEntry, frozen=True, kw_only=True):
     model: str | None = None
     difficulty: Difficulty | None = None
     workflow: str | None = None
+    split: bool = False
     timeout: float | None = None
     max_attempts: int | None = None
     on_interrupt: OnInterrupt | None = None
@@ -231,6 +232,7 @@ def to_request(
             model=entry.model,
             difficulty=entry.difficulty,
             workflow=entry.workflow,
+            split=entry.split,
             timeout_s=entry.timeout,
             max_attempts=entry.max_attempts,
             on_interrupt=entry.on_interrupt,

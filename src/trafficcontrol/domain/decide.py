@@ -33,6 +33,7 @@ from trafficcontrol.domain.interrupts import resumable
 from trafficcontrol.domain.locks import TentativeLocks
 from trafficcontrol.domain.model import AttemptId, ProjectId, StopReason, TaskId, TaskState
 from trafficcontrol.domain.records import AttemptRecord
+from trafficcontrol.domain.rotation import RotationConfig, rotation_stops
 from trafficcontrol.domain.state import State, model_key, task_size
 from trafficcontrol.domain.workflows import ROUTE
 
@@ -52,6 +53,10 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Backends that take a model name; others get a model only when a task pins one."""
     capacity_scan: int = 256
     """Ready tasks one pass may find refused by capacity before it stops looking."""
+    lead_splits: bool = False
+    """A lead agent runs: tasks marked ``split`` wait for it instead of an agent."""
+    rotation: RotationConfig = msgspec.field(default_factory=RotationConfig)
+    """When a worker's session is rotated (``domain.rotation``)."""
 
 
 class Dispatch(msgspec.Struct, frozen=True):
@@ -246,6 +251,8 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
         seen.add(task_id)
         record = state.tasks[task_id]
         spec = record.spec
+        if spec.split and config.lead_splits and record.split_into is None:
+            continue  # the lead splits it
         project = state.projects[spec.project]
         project_limit = project.max_concurrent or config.per_project
         if project_limit is not None:
@@ -369,6 +376,11 @@ def decide(state: State, now: float, config: SchedulerConfig) -> Decision:
 
     for attempt_id in sorted(state.stops_wanted):
         commands.append(StopAttempt(attempt_id, StopReason.CANCELLED))
+
+    stopping = {c.attempt_id for c in commands if isinstance(c, StopAttempt)}
+    for attempt_id in rotation_stops(state, config.rotation):
+        if attempt_id not in stopping:  # timed out in this pass: one stop each
+            commands.append(StopAttempt(attempt_id, StopReason.ROTATE))
 
     commands.extend(_capacity_commands(state, now))
     commands.extend(_resilience_commands(state, now))

@@ -129,6 +129,9 @@ class AttemptFinished(Event, tag="attempt_finished", frozen=True):
     """The rule that classified it."""
     step_outcome: StepOutcome | None = None
     """A workflow step's validated output, or why its answer was not valid."""
+    handoff: str | None = None
+    """A session rotated (stop reason rotate): its summary for the fresh session that
+    continues the work (the agent's own, else extracted from its log)."""
 
 
 class TaskDeferred(Event, tag="task_deferred", frozen=True):
@@ -179,6 +182,14 @@ class TaskRetryRequested(Event, tag="task_retry_requested", frozen=True):
     """What the next attempt should know (the lead's triage); added to its prompt."""
     by: str = "user"
     """user | lead."""
+
+
+class TaskSplit(Event, tag="task_split", frozen=True):
+    """The lead split a task: its subtasks are submitted in the same batch (before this
+    event); the task itself is done when they all are."""
+
+    task_id: TaskId
+    children: list[TaskId]
 
 
 class LeadConsulted(Event, tag="lead_consulted", frozen=True):
@@ -249,6 +260,7 @@ AnyEvent = (
     | CapacityWarned
     | ResilienceConfigured
     | LeadConsulted
+    | TaskSplit
     | BreakerChanged
     | OrchestratorStarted
     | OrchestratorStopped

@@ -57,6 +57,7 @@ from trafficcontrol.domain.events import (
     OrchestratorStopped,
     RolledBack,
     TaskRetryRequested,
+    TaskSplit,
 )
 from trafficcontrol.domain.interrupts import resumable
 from trafficcontrol.domain.model import (
@@ -92,6 +93,7 @@ class InvariantChecker:
         self._succeeded: dict[TaskId, AttemptId] = {}
         self._workflows: dict[str, WorkflowSpec] = {}
         self._runs: dict[TaskId, WorkflowRun] = {}
+        self._split: dict[TaskId, list[TaskId]] = {}
         """Shadow workflow runs: a succeeded step attempt finishes its task only when it
         completes the workflow (computed here from the events, not read from the state)."""
         self._exclusive: dict[str, AttemptId] = {}
@@ -123,6 +125,9 @@ class InvariantChecker:
                 self._no_open("the orchestrator stopped")
             case RolledBack():
                 self._rolled_back = True
+            case TaskSplit():
+                self._split[event.task_id] = list(event.children)
+                return self._known_reference(event)
             case TaskRetryRequested():
                 run = self._runs.get(event.task_id)
                 if run is not None:
@@ -156,7 +161,8 @@ class InvariantChecker:
         open_attempt = self._open_by_task.get(task_id)
         if (record.state is TaskState.RUNNING) != (open_attempt is not None):
             self._report(f"task {task_id} is {record.state} but its open attempt is {open_attempt}")
-        if (record.state is TaskState.DONE) != (task_id in self._succeeded):
+        split = bool(record.split_into)  # done by its subtasks, not by an attempt
+        if not split and (record.state is TaskState.DONE) != (task_id in self._succeeded):
             self._report(
                 f"task {task_id} is {record.state}, succeeded attempt:"
                 f" {self._succeeded.get(task_id)}"
@@ -226,7 +232,7 @@ class InvariantChecker:
         if running is not None:
             self._report(f"task {task_id} runs twice: {running} and {attempt_id}")
         for dep in spec.depends_on:
-            if dep not in self._succeeded:
+            if not self._done(dep):
                 self._report(
                     f"task {task_id} was dispatched ({attempt_id}) before its dependency"
                     f" {dep} was done"
@@ -328,6 +334,13 @@ class InvariantChecker:
                 self._succeeded[task_id] = attempt_id
         return True
 
+    def _done(self, task_id: TaskId) -> bool:
+        """Succeeded, or split and every subtask done."""
+        if task_id in self._succeeded:
+            return True
+        children = self._split.get(task_id)
+        return children is not None and all(self._done(c) for c in children)
+
     def _known_reference(self, event: AnyEvent) -> bool:
         """Events that name an attempt or a task must name one that exists."""
         attempt_id: AttemptId | None = getattr(event, "attempt_id", None)
@@ -360,6 +373,7 @@ class InvariantChecker:
         self._projects = dict(state.projects)
         self._tasks = {t: r.spec for t, r in state.tasks.items()}
         self._workflows = dict(state.workflows)
+        self._split = {t: list(r.split_into) for t, r in state.tasks.items() if r.split_into}
         self._runs = {
             t: copy_record(r).workflow_run  # type: ignore[misc]
             for t, r in state.tasks.items()
@@ -423,6 +437,8 @@ def check_no_deadlock(
         if not state.is_ready_entry(order, task_id):
             continue
         spec = state.tasks[task_id].spec
+        if spec.split and config.lead_splits:
+            continue  # waits for the lead, not for a slot
         project = state.projects[spec.project]
         limit = project.max_concurrent or config.per_project
         if limit is not None and by_project[project.id] >= limit:

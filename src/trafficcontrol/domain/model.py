@@ -71,6 +71,9 @@ class StopReason(StrEnum):
     """No output for ``hung_after_s``: the attempt fails (class transient) and is retried."""
     STORE_OUTAGE = "store_outage"
     """The journal was down and its buffer full: the attempt is interrupted, re-queued."""
+    ROTATE = "rotate"
+    """Its session's context passed the rotation threshold: it is asked for a handoff,
+    ends interrupted, and a fresh session continues in its worktree (``domain.rotation``)."""
 
 
 class Difficulty(StrEnum):
@@ -268,6 +271,11 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Routing hint: trivial -> haiku, hard -> opus; None: judged from the task's size."""
     workflow: str | None = None
     """Run as this workflow's steps (analyze-implement-verify, …); None: one attempt."""
+    split: bool = False
+    """Ask the lead agent to split it into subtasks (they enter the DAG; it is done when
+    they are). Without a lead it runs as one task."""
+    parent: TaskId | None = None
+    """The task this one was split from."""
     timeout_s: float | None = None
     max_attempts: int | None = None
     """Attempts before the task fails for good (None: the project's)."""

@@ -47,6 +47,8 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     """What the next attempt should know (set by a retry with feedback)."""
     triaged: int = 0
     """How often the lead triaged this task's failure."""
+    split_into: list[TaskId] | None = None
+    """Subtasks the lead split it into (it is done when they are)."""
     transient_failures: int = 0
     """Transient / infrastructure failures since (re)submission or a manual retry."""
     first_transient_at: float | None = None
@@ -91,6 +93,14 @@ class AttemptRecord(msgspec.Struct, kw_only=True):
     step: str | None = None
     """The workflow step it ran."""
     step_outcome: StepOutcome | None = None
+    context_tokens: int = 0
+    """What the model saw on its latest turn (input + cache read + cache write tokens)."""
+    context_peak: int = 0
+    """The largest context of any of its turns (its session's peak utilisation)."""
+    context_start: int | None = None
+    """The context of its first turn (None: no turn reported)."""
+    handoff: str | None = None
+    """Its handoff summary, when its session was rotated."""
 
 
 class RateLimitReport(msgspec.Struct, frozen=True, kw_only=True):

@@ -49,6 +49,7 @@ from trafficcontrol.domain.events import (
     TaskCancelRequested,
     TaskDeferred,
     TaskRetryRequested,
+    TaskSplit,
     TaskWoken,
     TurnUsageReported,
     WorkspacePrepared,
@@ -61,6 +62,7 @@ from trafficcontrol.domain.model import (
     Outcome,
     ProjectId,
     ProjectSpec,
+    StopReason,
     TaskId,
     TaskSpec,
     TaskState,
@@ -175,6 +177,11 @@ def rebuild_indices(state: State) -> None:
             aging.append((record.ready_since or 0.0, record.ready_order, spec.id))
         elif record.state is TaskState.WAITING and record.retry_at is not None:
             state.waiting.append((record.retry_at, spec.id))
+    for record in state.tasks.values():
+        # After every depends_on link, as the fold adds them: a split comes after its
+        # subtasks' submission, and the order of dependents is the order they get ready.
+        for child in record.split_into or ():
+            state.dependents.setdefault(child, []).append(record.spec.id)
     heapq.heapify(state.ready)
     heapq.heapify(state.waiting)
     aging.sort(key=lambda item: (item[1], item[0]))
@@ -309,7 +316,10 @@ def _finish_task(state: State, record: TaskRecord, new: TaskState, at: float) ->
             dependent = state.tasks[dep_id]
             dependent.unfinished_deps -= 1
             if dependent.unfinished_deps == 0 and dependent.state is TaskState.PENDING:
-                _make_ready(state, dependent, at)
+                if dependent.split_into:
+                    _finish_task(state, dependent, TaskState.DONE, at)  # its subtasks did it
+                else:
+                    _make_ready(state, dependent, at)
 
 
 def _apply_finished(state: State, event: AttemptFinished) -> None:
@@ -327,6 +337,7 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
     attempt.limit_hit = event.limit_hit
     attempt.failure_class = event.failure_class
     attempt.failure_rule = event.failure_rule
+    attempt.handoff = event.handoff
     record = state.tasks[attempt.task_id]
     _meter_finished(state, attempt, record, event)
     state.resilience.finished(
@@ -364,7 +375,9 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
     elif event.failure_class in (FailureClass.TRANSIENT, FailureClass.INFRASTRUCTURE):
         _retry_transient(state, record, event)
     elif outcome is Outcome.INTERRUPTED:
-        if interrupt_policy(state, record.spec.id, attempt.backend) is OnInterrupt.FAIL:
+        policy = interrupt_policy(state, record.spec.id, attempt.backend)
+        # A rotated session was stopped on purpose: it is always continued.
+        if policy is OnInterrupt.FAIL and attempt.stop_reason is not StopReason.ROTATE:
             record.last_error = f"interrupted ({event.error}); on_interrupt = fail"
             _finish_task(state, record, TaskState.FAILED, event.at)
         else:
@@ -469,6 +482,27 @@ def _meter_finished(
         capacity.limit_hit(attempt.id, attempt.model, event.limit_hit, event.at)
     learn = event.outcome in (Outcome.SUCCEEDED, Outcome.FAILED) and event.limit_hit is None
     capacity.finished(attempt.id, learn=learn)
+
+
+def _apply_split(state: State, event: TaskSplit) -> None:
+    """The task waits for its subtasks (submitted just before) instead of an agent."""
+    record = state.tasks[event.task_id]
+    if record.split_into is not None or record.state is not TaskState.READY:
+        return
+    record.split_into = list(event.children)
+    if not event.children:
+        return  # the lead did not split it: it runs as one task
+    unfinished = 0
+    for child in event.children:
+        state.dependents.setdefault(child, []).append(record.spec.id)
+        if state.tasks[child].state is not TaskState.DONE:
+            unfinished += 1
+    record.unfinished_deps += unfinished
+    _set_state(state, record, TaskState.PENDING)
+    record.ready_order = -1
+    _drop_stale_heads(state)
+    if unfinished == 0:
+        _finish_task(state, record, TaskState.DONE, event.at)
 
 
 def _apply_deferred(state: State, event: TaskDeferred) -> None:
@@ -625,6 +659,13 @@ def apply(state: State, event: AnyEvent) -> State:
             attempt.turn_usage = (
                 event.usage if attempt.turn_usage is None else attempt.turn_usage + event.usage
             )
+            # What the model saw on this turn: the session's context (domain.rotation).
+            seen = event.usage.input_tokens + event.usage.cache_read_tokens
+            seen += event.usage.cache_creation_tokens
+            attempt.context_tokens = seen
+            attempt.context_peak = max(attempt.context_peak, seen)
+            if attempt.context_start is None:
+                attempt.context_start = seen
             state.capacity.usage(
                 event.at,
                 attempt.id,
@@ -636,6 +677,8 @@ def apply(state: State, event: AnyEvent) -> State:
             state.resilience.answered(attempt.id, breaker_key(attempt), event.at)
         case TaskDeferred():
             _apply_deferred(state, event)
+        case TaskSplit():
+            _apply_split(state, event)
         case LimitCorrected():
             state.capacity.correct(event.correction)
         case CapacityWarned():

@@ -32,9 +32,22 @@ from trafficcontrol.domain.events import (
     BacklogSubmitted,
     LeadConsulted,
     TaskRetryRequested,
+    TaskSplit,
 )
-from trafficcontrol.domain.model import AgentSettings, AttemptId, Outcome, ProjectId, TaskId
+from trafficcontrol.domain.model import (
+    AgentSettings,
+    AttemptId,
+    Outcome,
+    ProjectId,
+    TaskId,
+    TaskSpec,
+    TaskState,
+    Usage,
+)
+from trafficcontrol.domain.requests import SubmitRequest, plan_submit
 from trafficcontrol.domain.state import State
+from trafficcontrol.domain.workflows import InheritRule
+from trafficcontrol.errors import BacklogError
 from trafficcontrol.ports import AgentBackend, AgentRequest, Clock
 from trafficcontrol.runtime.handoff import check_output
 
@@ -47,6 +60,35 @@ TRIAGE_SCHEMA: dict[str, object] = {
         "feedback": {"type": "string"},
     },
 }
+SPLIT_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "required": ["subtasks"],
+    "additionalProperties": False,
+    "properties": {
+        "subtasks": {
+            "type": "array",
+            "maxItems": 20,
+            "items": {
+                "type": "object",
+                "required": ["id", "title", "prompt"],
+                "additionalProperties": False,
+                "properties": {
+                    "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,30}$"},
+                    "title": {"type": "string"},
+                    "prompt": {"type": "string"},
+                    "depends_on": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        }
+    },
+}
+"""An empty list means: do not split, run it as one task."""
+_SPLIT_QUESTION = (
+    "Split this task into subtasks that agents can do independently where possible, each"
+    " small enough for one focused session. Give each an id (lowercase, digits, '-'), a"
+    " title, a self-contained prompt, and depends_on (ids of subtasks it needs first). Answer"
+    ' {"subtasks": []} if it should not be split.'
+)
 _SYSTEM = (
     "You lead a team of coding agents. You do not write code. When a task failed, you decide"
     " whether one more attempt with precise feedback can succeed (action retry, with the"
@@ -93,6 +135,82 @@ class Lead:
                     line += f" — {event.error[:200]}"
                 self.budget.add(f"result:{attempt.id}", Category.RESULTS, line)
 
+    def wants_split(self, state: State) -> list[TaskId]:
+        """Ready tasks marked ``split`` that the lead has not split yet."""
+        return [
+            task_id
+            for task_id, record in state.tasks.items()
+            if record.spec.split
+            and record.split_into is None
+            and record.state is TaskState.READY
+            and task_id not in self.in_flight
+        ]
+
+    async def split(self, state: State, task_id: TaskId, conventions: str) -> list[AnyEvent]:
+        """Ask the lead to split a task; the subtasks' submission and the ``TaskSplit``."""
+        record = state.tasks[task_id]
+        spec = record.spec
+        question = f"Task {spec.id}: {spec.title}\n{spec.prompt[:4000]}\n\n{_SPLIT_QUESTION}"
+        result, usage, context, consult = await self._ask(state, task_id, question, SPLIT_SCHEMA)
+        outcome = check_output(result, dict(SPLIT_SCHEMA))
+        now = self.clock.now()
+        children: list[TaskSpec] = []
+        problem = outcome.error
+        if outcome.output is not None:
+            inherited = self._inherited(spec, conventions)
+            raw = outcome.output["subtasks"]
+            local = {str(item["id"]) for item in raw}
+            for item in raw:
+                deps = [str(d) for d in item.get("depends_on", [])]
+                unknown = [d for d in deps if d not in local]
+                if unknown:
+                    problem = f"subtask {item['id']}: unknown depends_on {unknown}"
+                    break
+                children.append(
+                    msgspec.structs.replace(
+                        spec,
+                        id=TaskId(f"{spec.id}.{item['id']}"),
+                        title=str(item["title"]),
+                        prompt=f"{item['prompt']}\n\n# Context from the parent task\n{inherited}",
+                        depends_on=tuple(TaskId(f"{spec.id}.{d}") for d in deps),
+                        split=False,
+                        parent=spec.id,
+                    )
+                )
+        events: list[AnyEvent] = []
+        if problem is None and children:
+            try:
+                submitted = plan_submit(
+                    state,
+                    SubmitRequest(source=f"lead split of {spec.id}", projects=[], tasks=children),
+                    now,
+                )
+            except BacklogError as exc:
+                problem = "; ".join(exc.problems) or exc.message
+                submitted = None
+            if submitted is not None:
+                events.append(submitted)
+        ids = [c.id for c in children] if problem is None else []
+        decision = f"split into {len(ids)}: {', '.join(ids)}" if ids else "not split"
+        if problem is not None:
+            decision = f"not split (invalid answer: {problem[:200]})"
+        events.append(TaskSplit(at=now, task_id=task_id, children=ids))
+        self.budget.add(f"decision:split:{spec.id}", Category.DECISIONS, f"{spec.id}: {decision}")
+        events.insert(0, self._consulted(consult, now, "split", task_id, usage, decision, context))
+        return events
+
+    def _inherited(self, spec: TaskSpec, conventions: str) -> str:
+        """What a subtask inherits: the parent's task and the project's conventions,
+        within the inheritance budget (the parent first; conventions cut to fit)."""
+        budget = InheritRule().budget_tokens
+        estimate = self.budget.estimator.estimate
+        parts = [f"Parent task {spec.id}: {spec.title}\n{spec.prompt}"]
+        left = budget - estimate(parts[0])
+        if conventions and left > 0:
+            chars = int(left * self.budget.estimator.chars_per_token)
+            parts.append(f"Project conventions:\n{conventions[:chars]}")
+        return "\n\n".join(parts)
+
     def wants_triage(self, state: State) -> list[TaskId]:
         """Tasks that failed for good on their work (class task) and may get a retry."""
         out = []
@@ -121,28 +239,8 @@ class Lead:
             + "\n".join(failures[-5:])
             + "\n\nDecide: retry (with feedback for the next agent) or escalate."
         )
-        fresh = self.budget.must_delegate()
-        context = question if fresh else self._render() + "\n\n" + question
-        consult = next(self._ids)
-        request = AgentRequest(
-            attempt_id=AttemptId(f"lead:{consult}"),
-            task_id=task_id,
-            project_id=ProjectId(spec.project),
-            attempt_no=consult,
-            title=f"triage {spec.id}",
-            prompt=context,
-            workdir=self.logs_dir,
-            log_path=self.logs_dir / "lead" / f"{consult}.jsonl",
-            model=self.settings.model,
-            settings=AgentSettings(system_prompt=_SYSTEM),
-            output_schema=dict(TRIAGE_SCHEMA),
-        )
-        reporter = _Quiet()
-        result = await self.backend.run(request, reporter)
-        outcome = check_output(result.text, dict(TRIAGE_SCHEMA))
-        usage = result.usage
-        if usage is not None and usage.input_tokens:
-            self.budget.estimator.observe(len(context) + len(_SYSTEM), usage.input_tokens)
+        result, usage, context, consult = await self._ask(state, task_id, question, TRIAGE_SCHEMA)
+        outcome = check_output(result, dict(TRIAGE_SCHEMA))
         decision = "no answer"
         events: list[AnyEvent] = []
         now = self.clock.now()
@@ -154,21 +252,60 @@ class Lead:
                 events.append(
                     TaskRetryRequested(at=now, task_id=task_id, feedback=feedback, by="lead")
                 )
-        self.budget.add(f"decision:{consult}", Category.DECISIONS, f"{spec.id}: {decision}")
-        events.insert(
-            0,
-            LeadConsulted(
-                at=now,
-                consult_id=str(consult),
-                purpose="triage",
-                task_id=task_id,
-                model=self.settings.model,
-                usage=usage,
-                decision=decision if outcome.output is not None else f"invalid: {outcome.error}",
-                context_utilisation=self.budget.utilisation(),
-            ),
-        )
+        else:
+            decision = f"invalid: {outcome.error}"
+        self.budget.add(f"decision:{task_id}:{now}", Category.DECISIONS, f"{spec.id}: {decision}")
+        events.insert(0, self._consulted(consult, now, "triage", task_id, usage, decision, context))
         return events
+
+    async def _ask(
+        self, state: State, task_id: TaskId, question: str, schema: dict[str, object]
+    ) -> tuple[str | None, Usage | None, float, int]:
+        """One call: the lead's context (or a fresh one past the delegate threshold) and
+        the question; the answer's text, its usage, the context share it was asked from."""
+        spec = state.tasks[task_id].spec
+        fresh = self.budget.must_delegate()
+        utilisation = self.budget.utilisation()
+        prompt = question if fresh else self._render() + "\n\n" + question
+        consult = next(self._ids)
+        request = AgentRequest(
+            attempt_id=AttemptId(f"lead:{consult}"),
+            task_id=task_id,
+            project_id=ProjectId(spec.project),
+            attempt_no=consult,
+            title=f"lead {spec.id}",
+            prompt=prompt,
+            workdir=self.logs_dir,
+            log_path=self.logs_dir / "lead" / f"{consult}.jsonl",
+            model=self.settings.model,
+            settings=AgentSettings(system_prompt=_SYSTEM),
+            output_schema=dict(schema),
+        )
+        result = await self.backend.run(request, _Quiet())
+        if result.usage is not None and result.usage.input_tokens:
+            self.budget.estimator.observe(len(prompt) + len(_SYSTEM), result.usage.input_tokens)
+        return result.text, result.usage, utilisation, consult
+
+    def _consulted(
+        self,
+        consult: int,
+        now: float,
+        purpose: str,
+        task_id: TaskId,
+        usage: Usage | None,
+        decision: str,
+        utilisation: float,
+    ) -> LeadConsulted:
+        return LeadConsulted(
+            at=now,
+            consult_id=str(consult),
+            purpose=purpose,
+            task_id=task_id,
+            model=self.settings.model,
+            usage=usage,
+            decision=decision,
+            context_utilisation=utilisation,
+        )
 
     def _render(self) -> str:
         return "\n".join(
@@ -204,4 +341,4 @@ class _Quiet:
         self, window: str, status: str, utilization: float | None, resets_at: float | None
     ) -> None: ...
 
-    def turn_usage(self, model: str | None, usage: object) -> None: ...
+    def turn_usage(self, model: str | None, usage: Usage) -> None: ...

@@ -78,6 +78,7 @@ from trafficcontrol.domain.events import (
     OrchestratorStopped,
     ResilienceConfigured,
     RolledBack,
+    TaskSplit,
 )
 from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskId, TaskState
 from trafficcontrol.domain.requests import (
@@ -311,25 +312,45 @@ class Orchestrator:
         """Start a triage consult (off the loop) for each task that wants one."""
         lead = self.lead
         assert lead is not None
-        for task_id in lead.wants_triage(self.state):
-            lead.in_flight.add(task_id)
-            job = asyncio.create_task(self._triage(task_id), name=f"lead:{task_id}")
-            self._consults.add(job)
-            job.add_done_callback(self._consults.discard)
+        for purpose, wanted in (
+            ("split", lead.wants_split(self.state)),
+            ("triage", lead.wants_triage(self.state)),
+        ):
+            for task_id in wanted:
+                lead.in_flight.add(task_id)
+                job = asyncio.create_task(
+                    self._consult(purpose, task_id), name=f"lead:{purpose}:{task_id}"
+                )
+                self._consults.add(job)
+                job.add_done_callback(self._consults.discard)
 
-    async def _triage(self, task_id: TaskId) -> None:
+    async def _consult(self, purpose: str, task_id: TaskId) -> None:
         lead = self.lead
         assert lead is not None
+        events: list[AnyEvent] = []
         try:
-            events = await lead.triage(self.state, task_id)
-        except Exception:  # the lead is advice: its failure leaves the task to a human
-            log.exception("lead_triage_failed task=%s", task_id)
-            events = []
+            if purpose == "split":
+                conventions = await asyncio.to_thread(self._conventions, task_id)
+                events = await lead.split(self.state, task_id, conventions)
+            else:
+                events = await lead.triage(self.state, task_id)
+        except Exception:  # the lead is advice: its failure must not stop the work
+            log.exception("lead_consult_failed purpose=%s task=%s", purpose, task_id)
+            if purpose == "split":  # run it as one task rather than wait for a lead
+                events = [TaskSplit(at=self._clock.now(), task_id=task_id, children=[])]
         finally:
             lead.in_flight.discard(task_id)
         for event in events:
             self.pool.inbox.put(event)
         self.pool.inbox.poke()
+
+    def _conventions(self, task_id: TaskId) -> str:
+        """The project's conventions file (CLAUDE.md), which subtasks inherit."""
+        project = self.state.projects[self.state.tasks[task_id].spec.project]
+        try:
+            return (Path(project.path) / "CLAUDE.md").read_text(encoding="utf-8")[:20_000]
+        except OSError:
+            return ""
 
     def _fold(
         self, events: list[AnyEvent], waiters: list[asyncio.Future[None]] | None = None
@@ -426,7 +447,10 @@ class Orchestrator:
             and self._store.ok
             and not self._unsent
             and not self._consults
-            and (self.lead is None or not self.lead.wants_triage(self.state))
+            and (
+                self.lead is None
+                or not (self.lead.wants_triage(self.state) or self.lead.wants_split(self.state))
+            )
         )
 
     async def _wait(self) -> None:

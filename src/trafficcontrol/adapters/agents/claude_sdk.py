@@ -50,6 +50,14 @@ Design notes
 - **Unknown messages.** Message types the SDK does not know it drops itself (its
   parser is forward-compatible); any message object that reaches us, of whatever
   class, is logged and otherwise ignored (``AttemptStream.feed``).
+- **Handoff** (session rotation, ``domain.rotation``). A session stopped for rotation
+  is resumed for one turn with the handoff prompt: ``max_turns=1``, no tool
+  pre-approved and ``permission_mode="dontAsk"`` (a tool call is refused, not
+  prompted for). The tools stay declared: the history holds ``tool_use`` blocks, which
+  the Messages API accepts only with tools defined. It runs like any attempt (same
+  environment, one retry layer, same log, its turn reported); its answer is the
+  summary. ``handoff_from_log`` is the fallback: the last assistant texts of the log
+  and the files the session wrote.
 - The SDK is an optional extra: it is imported inside functions only, so this module
   imports without it and ``check()`` can say how to install it.
 """
@@ -83,6 +91,7 @@ from trafficcontrol.adapters.agents.process_group import (
 )
 from trafficcontrol.adapters.system_clock import SystemClock
 from trafficcontrol.domain.model import AgentSettings, FailureEvidence, Outcome, Usage
+from trafficcontrol.domain.rotation import extracted_handoff
 from trafficcontrol.errors import AgentError, ConfigError
 from trafficcontrol.ports import AgentRequest, AgentResult, AttemptReporter, Clock
 
@@ -111,6 +120,9 @@ _NOT_PASSED_ON = frozenset({"CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"})
 """Left to the SDK: set by a Claude Code session the orchestrator may run inside, they
 would make the CLI believe it is nested (the SDK drops the first, sets the second)."""
 _STDERR_TAIL = 20
+_WRITING_TOOLS = frozenset({"Write", "Edit", "MultiEdit", "NotebookEdit"})
+"""Tools whose ``file_path`` (``notebook_path``) a session changed: an extracted handoff
+lists them."""
 _T = TypeVar("_T")
 
 
@@ -232,6 +244,56 @@ class ClaudeBackend:
                 launcher.unlink(missing_ok=True)
             log.close()
 
+    # -- handoff (session rotation) ----------------------------------------------------
+    async def handoff(
+        self, request: AgentRequest, session_id: str, prompt: str, reporter: AttemptReporter
+    ) -> str | None:
+        """Resume the stopped session for one turn, without tools, with ``prompt``; the
+        answer, or None when the turn failed or said nothing (module notes)."""
+        settings = msgspec.structs.replace(
+            request.settings, allowed_tools=[], max_turns=1, permission_mode="dontAsk"
+        )
+        asked = dataclasses.replace(
+            request,
+            prompt=prompt,
+            settings=settings,
+            resume_session_id=session_id,
+            output_schema=None,
+        )
+        result = await self.run(asked, reporter)
+        if result.outcome is not Outcome.SUCCEEDED or not (result.text or "").strip():
+            return None
+        return (result.text or "").strip()
+
+    def handoff_from_log(self, log_path: Path) -> str | None:
+        """The log's last assistant texts (main thread only) and the files written."""
+        texts: list[str] = []
+        files: list[str] = []
+        try:
+            lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash
+            data = record.get("data") if isinstance(record, dict) else None
+            if record.get("type") != "AssistantMessage" or not isinstance(data, dict):
+                continue
+            if data.get("parent_tool_use_id") is not None:
+                continue  # a sub-agent's
+            for block in data.get("content") or ():
+                if not isinstance(block, dict):
+                    continue
+                if isinstance(block.get("text"), str):
+                    texts.append(block["text"])
+                elif block.get("name") in _WRITING_TOOLS and isinstance(block.get("input"), dict):
+                    path = block["input"].get("file_path") or block["input"].get("notebook_path")
+                    if isinstance(path, str):
+                        files.append(path)
+        return extracted_handoff(texts, files)
+
     async def _stop(
         self, consumer: asyncio.Task[AgentResult], stream: AttemptStream, marker: str
     ) -> None:
@@ -344,7 +406,8 @@ class AttemptStream:
     other message, of a type known or not, is logged and otherwise ignored: ``feed``
     never raises on content. Claude Code sends one assistant message per content block,
     each carrying the usage of the whole API response so far, so a turn's usage is the
-    last one seen for its message id, reported when the next turn (or the result) comes.
+    last one seen for its message id, reported when its tool results, the next turn or
+    the result come (whichever is first; later blocks of a reported turn are ignored).
     Those messages carry the usage of the response's start (verified against the CLI):
     input and cache tokens are exact, output tokens are only final in the result.
     """
@@ -369,10 +432,14 @@ class AttemptStream:
         """The ``error`` of the CLI's last synthetic assistant message (why a call failed)."""
         self._turn: tuple[str | None, str | None, Usage] | None = None
         """(message id, model, usage) of the turn not yet reported."""
+        self._reported: str | None = None
+        """The message id of the turn reported last (its later blocks are not new turns)."""
 
     def _turn_seen(self, message_id: str | None, model: str | None, raw: object) -> None:
         if not isinstance(raw, Mapping):
             return
+        if message_id is not None and message_id == self._reported:
+            return  # a later block of a turn already reported at its tool results
         usage = _usage_of(raw, cost=None)
         if self._turn is not None and (message_id is None or self._turn[0] != message_id):
             self.flush_turn()
@@ -380,8 +447,9 @@ class AttemptStream:
 
     def flush_turn(self) -> None:
         if self._turn is not None:
-            _id, model, usage = self._turn
+            message_id, model, usage = self._turn
             self._turn = None
+            self._reported = message_id
             self._reporter.turn_usage(model, usage)
 
     def feed(self, message: object) -> None:
@@ -390,6 +458,7 @@ class AttemptStream:
             RateLimitEvent,
             ResultMessage,
             SystemMessage,
+            UserMessage,
         )
 
         try:
@@ -404,6 +473,10 @@ class AttemptStream:
                 self.error_kind = str(message.error)
             if message.usage is not None:
                 self._turn_seen(message.message_id, message.model, message.usage)
+        elif isinstance(message, UserMessage):
+            # Tool results: the turn before them is complete, and its context is known
+            # now, not only when the next answer (which may never come) starts.
+            self.flush_turn()
         elif isinstance(message, RateLimitEvent):
             info = message.rate_limit_info
             self._reporter.rate_limit(
