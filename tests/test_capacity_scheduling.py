@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from tests.domain_driver import apply_decision, canonical, replay
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.capacity.families import ModelFamily
-from trafficcontrol.domain.capacity.plans import FamilyPlan, SharedLimits, SubscriptionPlan
+from trafficcontrol.domain.capacity.plans import (
+    ApiKeyLimits,
+    ApiKeyPlan,
+    FamilyPlan,
+    SharedLimits,
+    SubscriptionPlan,
+)
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.capacity.windows import SESSION_S, Window, WindowKind, windows_for
 from trafficcontrol.domain.decide import (
@@ -422,3 +428,38 @@ def test_dispatch_never_lets_projected_usage_pass_a_limit(
                 if used <= budget:  # a provider report may say more is used than we metered
                     assert used + book.reserved(window) <= budget + 1e-6, (window.label, used)
     assert msgspec.to_builtins(state.capacity.snapshot())  # encodes
+
+
+def test_an_api_key_per_minute_limit_defers_new_work_until_the_minute_rolls_on() -> None:
+    limits = ApiKeyLimits(requests_per_minute=4, output_tokens_per_minute=10_000)
+    config = CapacityConfig(api_key=ApiKeyPlan(families={ModelFamily.OPUS: limits}))
+    state = State()
+    apply(state, CapacityConfigured(at=T0, config=config))
+    hard = [task(f"h{i}", difficulty=Difficulty.HARD) for i in range(2)]
+    apply(state, BacklogSubmitted(at=T0, source="test", projects=[PROJECT], tasks=hard))
+    assert state.capacity.limited
+    run_pass(state, T0)
+    assert sorted(state.running) == ["h0#1", "h1#1"]  # the minute is empty: both start
+    for n in range(4):  # four opus requests in the minute (95% of 4 = 3.8 allowed)
+        apply(
+            state,
+            TurnUsageReported(
+                at=T0 + 10 + n,
+                attempt_id=AttemptId("h0#1"),
+                model="opus",
+                usage=Usage(input_tokens=100, output_tokens=10),
+            ),
+        )
+    finish(state, "h1#1", T0 + 20, Usage(input_tokens=1), outcome=Outcome.INTERRUPTED)
+    commands = run_pass(state, T0 + 21)
+    deferred = [c for c in commands if isinstance(c, DeferTask)]
+    assert [(c.task_id, c.until) for c in deferred] == [("h1", T0 + 10 + 60)]
+    assert deferred[0].reason == "capacity: opus at its per-minute API limit"
+    # At T0 + 70 the minute still holds 4 requests (T0 + 11 .. T0 + 20): it waits on.
+    run_pass(state, T0 + 70)
+    again = [c for c in run_pass(state, T0 + 70) if isinstance(c, DeferTask)]
+    assert [(c.task_id, c.until) for c in again] == [("h1", T0 + 11 + 60)]
+    # Once the minute is clear, the task wakes and runs.
+    run_pass(state, T0 + 81)
+    run_pass(state, T0 + 81)
+    assert state.tasks[TaskId("h1")].state is TaskState.RUNNING

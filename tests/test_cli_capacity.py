@@ -47,6 +47,7 @@ from trafficcontrol.domain.model import (
     Outcome,
     Usage,
 )
+from trafficcontrol.errors import ConfigError
 from trafficcontrol.runtime.pool import command_event
 from trafficcontrol.settings import Settings, load_settings
 
@@ -502,3 +503,19 @@ def test_tc_run_prints_capacity_warnings_as_they_are_journaled(tmp_path: Path) -
     assert len(lines) == len(set(lines))  # each warning once
     journaled = tc_json("capacity", home=home)["warnings"]
     assert len(journaled) == len(lines)
+
+
+def test_an_api_key_plan_loads_from_config(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[capacity.api_key.families.opus]\n"
+        "requests_per_minute = 50\n"
+        "output_tokens_per_minute = 80000\n"
+    )
+    settings = load_settings(config)
+    assert settings.capacity.api_key is not None
+    limits = settings.capacity.api_key.limits(OPUS)
+    assert (limits.requests_per_minute, limits.output_tokens_per_minute) == (50, 80_000)
+    config.write_text("[capacity.api_key.families.opus]\nrequests_per_hour = 5\n")
+    with pytest.raises(ConfigError, match="requests_per_hour"):
+        load_settings(config)

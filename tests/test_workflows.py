@@ -253,3 +253,14 @@ def test_the_readme_workflow_example_loads() -> None:
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]
     spec = parse_workflow(example, "README example")
     assert [s.name for s in spec.steps] == ["inventory", "migrate"]
+
+
+def test_the_readme_context_example_loads(tmp_path: Path) -> None:
+    from trafficcontrol.settings import load_settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("```toml\n[context]\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "config.toml"
+    config.write_text("[context]\n" + block)
+    rotation = load_settings(config).context
+    assert rotation.rotate_at == 0.45 and rotation.window_for("claude-haiku-4-5") == 200_000

@@ -16,6 +16,7 @@ from trafficcontrol.domain.capacity.routing import RoutingPolicy
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.resilience import ResilienceConfig
+from trafficcontrol.domain.rotation import RotationConfig
 from trafficcontrol.errors import ConfigError
 from trafficcontrol.runtime.lead import LeadSettings
 
@@ -86,6 +87,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     lead: LeadSettings = msgspec.field(default_factory=LeadSettings)
     """The optional lead agent (off unless ``model`` is set)."""
     """Retries, circuit breakers and extra failure rules (see README, Failures)."""
+    context: RotationConfig = msgspec.field(default_factory=RotationConfig)
+    """Workers' context windows and when their sessions rotate (``domain.rotation``)."""
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -94,6 +97,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             per_project=self.run.per_project,
             starvation_after_s=self.run.starvation_after_s,
             routing=self.routing,
+            rotation=self.context,
         )
 
 

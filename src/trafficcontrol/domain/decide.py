@@ -186,6 +186,7 @@ def _refusal_words(refusal: Refusal) -> str:
         RefusalReason.RESERVED: f"{where} held by running attempts",
         RefusalReason.TOO_LARGE: f"too large for {where}",
         RefusalReason.CONCURRENCY: "at its concurrency cap",
+        RefusalReason.RATE: "at its per-minute API limit",
     }[refusal.reason]
 
 
@@ -278,7 +279,8 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
         chosen = breaker
         chosen, expected, refusal = _admitted(state, task_id, chosen, now, config, pending)
         if refusal is not None:
-            if refusal.reason is RefusalReason.WINDOW_FULL and refusal.possible_at is not None:
+            waits = (RefusalReason.WINDOW_FULL, RefusalReason.RATE)
+            if refusal.reason in waits and refusal.possible_at is not None:
                 reason = f"capacity: {chosen.family.value} {_refusal_words(refusal)}"
                 out.append(DeferTask(task_id, refusal.possible_at, reason))
             refused += 1

@@ -37,7 +37,7 @@ import msgspec
 
 from trafficcontrol.domain.capacity.families import model_family
 from trafficcontrol.domain.context import Category, Entry, Thresholds, extractive_summary
-from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, Usage
+from trafficcontrol.domain.model import AttemptId, Outcome, StopReason
 from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.state import State
 
@@ -48,9 +48,7 @@ HANDOFF_PROMPT = (
 )
 """What a rotated session is asked, for one turn, without tools."""
 HANDOFF_HEADING = "# Handoff from the previous session"
-EXTRACTED_NOTE = (
-    "(The previous session wrote no handoff; these are its last messages, shortened.)"
-)
+EXTRACTED_NOTE = "(The previous session wrote no handoff; these are its last messages, shortened.)"
 _EXTRACT_LAST = 8
 """Messages an extracted handoff keeps (the newest)."""
 
@@ -82,11 +80,6 @@ class RotationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def window_for(self, model: str | None) -> int:
         return self.family_windows.get(model_family(model).value, self.window_tokens)
-
-
-def context_size(usage: Usage) -> int:
-    """What the model saw on a turn: input + cache read + cache write tokens."""
-    return usage.input_tokens + usage.cache_read_tokens + usage.cache_creation_tokens
 
 
 def rotation_due(state: State, attempt: AttemptRecord, config: RotationConfig) -> bool:

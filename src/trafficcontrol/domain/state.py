@@ -202,6 +202,11 @@ def rebuild_indices(state: State) -> None:
             state.stops_wanted.add(attempt.id)
     heapq.heapify(state.deadlines)
     state.capacity.reset_running()
+    _resume_holds(state)
+
+
+def _resume_holds(state: State) -> None:
+    """Rebuild the running attempts' capacity holds from their records."""
     for attempt in state.running.values():
         state.capacity.resume_running(
             attempt.id,
@@ -209,6 +214,7 @@ def rebuild_indices(state: State) -> None:
             attempt.expected_units,
             attempt.started_at,
             size=task_size(state.tasks[attempt.task_id].spec),
+            step=attempt.step or DEFAULT_STEP,
         )
 
 
@@ -375,9 +381,9 @@ def _apply_finished(state: State, event: AttemptFinished) -> None:
     elif event.failure_class in (FailureClass.TRANSIENT, FailureClass.INFRASTRUCTURE):
         _retry_transient(state, record, event)
     elif outcome is Outcome.INTERRUPTED:
-        policy = interrupt_policy(state, record.spec.id, attempt.backend)
+        on_interrupt = interrupt_policy(state, record.spec.id, attempt.backend)
         # A rotated session was stopped on purpose: it is always continued.
-        if policy is OnInterrupt.FAIL and attempt.stop_reason is not StopReason.ROTATE:
+        if on_interrupt is OnInterrupt.FAIL and attempt.stop_reason is not StopReason.ROTATE:
             record.last_error = f"interrupted ({event.error}); on_interrupt = fail"
             _finish_task(state, record, TaskState.FAILED, event.at)
         else:
@@ -516,14 +522,7 @@ def _apply_deferred(state: State, event: TaskDeferred) -> None:
 def _apply_capacity_config(state: State, event: CapacityConfigured) -> None:
     saved = msgspec.structs.replace(state.capacity.snapshot(), config=event.config)
     state.capacity = Capacity.restore(saved)
-    for attempt in state.running.values():
-        state.capacity.resume_running(
-            attempt.id,
-            attempt.model,
-            attempt.expected_units,
-            attempt.started_at,
-            size=task_size(state.tasks[attempt.task_id].spec),
-        )
+    _resume_holds(state)
 
 
 def interrupt_policy(state: State, task_id: TaskId, backend: str) -> OnInterrupt:

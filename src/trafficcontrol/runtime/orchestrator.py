@@ -160,6 +160,7 @@ class Orchestrator:
             logs_dir=logs_dir,
             state=self.state,
             record_latency=record_latency,
+            rotation=scheduler.rotation,
         )
         self.snapshotter = snapshotter
         self._stopping = False
@@ -498,7 +499,8 @@ class Orchestrator:
         for aid, why, idle in stops:
             self._stop(aid, why, idle)
         for aid, attempt in list(self.state.running.items()):
-            self.pool.stop(aid, attempt.stop_reason or reason)
+            rotating = attempt.stop_reason is StopReason.ROTATE  # its handoff is cut short
+            self.pool.stop(aid, reason if rotating else attempt.stop_reason or reason)
         if not started_only:
             starts, deferred.starts = deferred.starts, []
             for start in starts:

@@ -8,6 +8,15 @@ attempt's end is journaled as cancelled, timed out, interrupted or — stopped a
 retried); the adapter turns the cancellation into SIGTERM → grace → SIGKILL of its
 process group. Whatever happens inside an adapter, exactly one ``AttemptFinished``
 leaves each task.
+
+Session rotation (``domain.rotation``). An attempt stopped with ``StopReason.ROTATE``
+is, once its agent is gone, asked for a handoff: the backend (a ``SessionHandoff``)
+resumes the session for one turn without tools, bounded by ``handoff_timeout_s``; when
+that gives nothing the backend extracts one from the attempt's log. The attempt then
+ends interrupted with the summary in ``AttemptFinished.handoff``. A second stop while
+the handoff runs (shutdown, cancel) cuts it short: the log's extract is used. The next
+attempt of the task (``interrupts.continues``) gets the rotated attempt's worktree and
+a fresh session whose prompt carries the summary.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from trafficcontrol.domain.events import (
     WorkspacePrepared,
 )
 from trafficcontrol.domain.failures import DEFAULT_RULES, FailureClass, FailureRule, classify
-from trafficcontrol.domain.interrupts import settings_of
+from trafficcontrol.domain.interrupts import continues, settings_of
 from trafficcontrol.domain.model import (
     AttemptId,
     FailureEvidence,
@@ -54,10 +63,24 @@ from trafficcontrol.domain.model import (
     TaskId,
     Usage,
 )
+from trafficcontrol.domain.records import AttemptRecord
+from trafficcontrol.domain.rotation import (
+    HANDOFF_PROMPT,
+    RotationConfig,
+    rotation_error,
+    with_handoff,
+)
 from trafficcontrol.domain.state import State
 from trafficcontrol.domain.workflows import StepSpec, first_prompt
 from trafficcontrol.errors import TrafficControlError
-from trafficcontrol.ports import AgentBackend, AgentRequest, Clock, Workspace, Workspaces
+from trafficcontrol.ports import (
+    AgentBackend,
+    AgentRequest,
+    Clock,
+    SessionHandoff,
+    Workspace,
+    Workspaces,
+)
 from trafficcontrol.runtime.handoff import check_output
 from trafficcontrol.runtime.inbox import Inbox
 
@@ -70,16 +93,19 @@ _STOPPED_OUTCOME = {
     StopReason.ROLLBACK: Outcome.INTERRUPTED,
     StopReason.STORE_OUTAGE: Outcome.INTERRUPTED,
     StopReason.HUNG: Outcome.FAILED,
+    StopReason.ROTATE: Outcome.INTERRUPTED,
 }
 
 
 class _Reporter:
-    __slots__ = ("_attempt_id", "_clock", "_inbox")
+    __slots__ = ("_attempt_id", "_clock", "_inbox", "session_id")
 
     def __init__(self, inbox: Inbox, clock: Clock, attempt_id: AttemptId) -> None:
         self._inbox = inbox
         self._clock = clock
         self._attempt_id = attempt_id
+        self.session_id: str | None = None
+        """The agent's session, once it said (a rotation resumes it for the handoff)."""
 
     def process_started(self, pid: int, pgid: int, create_time: float) -> None:
         self._inbox.put(
@@ -114,6 +140,7 @@ class _Reporter:
         )
 
     def session_started(self, session_id: str) -> None:
+        self.session_id = session_id
         self._inbox.put(
             AgentSessionStarted(
                 at=self._clock.now(), attempt_id=self._attempt_id, session_id=session_id
@@ -225,8 +252,10 @@ class AgentPool:
         logs_dir: Path,
         state: State,
         record_latency: bool = False,
+        rotation: RotationConfig | None = None,
     ) -> None:
         self.inbox = Inbox()
+        self._rotation = rotation or RotationConfig()
         self._backends = backends
         self._workspaces = workspaces
         self._clock = clock
@@ -236,6 +265,8 @@ class AgentPool:
         self._stop_reasons: dict[AttemptId, StopReason] = {}
         self._idle: dict[AttemptId, float] = {}
         """Seconds without output of the attempts stopped as hung."""
+        self._rotating: set[AttemptId] = set()
+        """Attempts stopped for a session rotation (their end carries a handoff)."""
         self.latencies: list[float] | None = [] if record_latency else None
         """Seconds from "task ready" to "agent started", when recording."""
 
@@ -253,14 +284,21 @@ class AgentPool:
         self._tasks.pop(attempt_id, None)
         self._stop_reasons.pop(attempt_id, None)
         self._idle.pop(attempt_id, None)
+        self._rotating.discard(attempt_id)
 
     def stop(
         self, attempt_id: AttemptId, reason: StopReason, *, idle_s: float | None = None
     ) -> None:
-        """Stop the attempt's agent; ``idle_s``: how long it was silent (reason hung)."""
+        """Stop the attempt's agent; ``idle_s``: how long it was silent (reason hung).
+        A stop for another reason cuts a rotation's handoff short (module notes)."""
         task = self._tasks.get(attempt_id)
-        if task is not None and attempt_id not in self._stop_reasons:
+        if task is None:
+            return
+        current = self._stop_reasons.get(attempt_id)
+        if current is None or (current is StopReason.ROTATE and reason is not current):
             self._stop_reasons[attempt_id] = reason
+            if reason is StopReason.ROTATE:
+                self._rotating.add(attempt_id)
             if idle_s is not None:
                 self._idle[attempt_id] = idle_s
             task.cancel()
@@ -289,10 +327,16 @@ class AgentPool:
     # -- one attempt ----------------------------------------------------------------
     async def _run(self, event: AttemptDispatched, ready_since: float | None) -> None:
         attempt_id = event.attempt_id
+        reporter = _Reporter(self.inbox, self._clock, attempt_id)
+        request: AgentRequest | None = None
         try:
-            result_event = await self._attempt(event, ready_since)
+            request, step = await self._prepare(event)
+            result_event = await self._attempt(event, request, step, reporter, ready_since)
         except asyncio.CancelledError:
-            result_event = self._stopped(event)
+            if attempt_id in self._rotating:
+                result_event = await self._rotated(event, request, reporter)
+            else:
+                result_event = self._stopped(event)
         except TrafficControlError as exc:
             result_event = AttemptFinished(
                 at=self._clock.now(),
@@ -335,17 +379,88 @@ class AgentPool:
             at=self._clock.now(), attempt_id=attempt_id, outcome=outcome, error=error
         )
 
-    async def _attempt(
-        self, event: AttemptDispatched, ready_since: float | None
+    async def _rotated(
+        self, event: AttemptDispatched, request: AgentRequest | None, reporter: _Reporter
     ) -> AttemptFinished:
+        """The end of an attempt stopped for rotation, with its handoff (module notes)."""
+        _uncancel()  # the stop is handled here: what follows must be able to wait
+        attempt_id = event.attempt_id
+        attempt = self.state.attempts[attempt_id]
+        tokens, window = attempt.context_tokens, self._rotation.window_for(attempt.model)
+        backend = self._backends[event.backend]
+        summary: str | None = None
+        if isinstance(backend, SessionHandoff):
+            session_id = reporter.session_id
+            cut = self._stop_reasons.get(attempt_id) is not StopReason.ROTATE
+            if request is not None and session_id is not None and not cut:
+                summary = await self._ask_handoff(backend, request, session_id, reporter)
+            if summary is None:
+                try:
+                    summary = await asyncio.to_thread(
+                        backend.handoff_from_log, Path(event.log_path)
+                    )
+                except asyncio.CancelledError:
+                    _uncancel()
+        log.info(
+            "session_rotated attempt=%s context_tokens=%d window=%d handoff_chars=%d",
+            attempt_id,
+            tokens,
+            window,
+            len(summary or ""),
+        )
+        return AttemptFinished(
+            at=self._clock.now(),
+            attempt_id=attempt_id,
+            outcome=Outcome.INTERRUPTED,
+            error=rotation_error(tokens, window),
+            session_id=reporter.session_id,
+            handoff=summary,
+        )
+
+    async def _ask_handoff(
+        self, backend: SessionHandoff, request: AgentRequest, session_id: str, reporter: _Reporter
+    ) -> str | None:
+        """The stopped session's own handoff; None when it gives none in time."""
+        timeout = self._rotation.handoff_timeout_s
+        try:
+            return await asyncio.wait_for(
+                backend.handoff(request, session_id, HANDOFF_PROMPT, reporter), timeout
+            )
+        except asyncio.CancelledError:  # stopped again (shutdown, cancel): no more waiting
+            _uncancel()
+            reason = "stopped"
+        except TimeoutError:
+            reason = f"no answer within {timeout:g}s"
+        except TrafficControlError as exc:
+            reason = exc.message
+        except Exception as exc:  # an adapter bug must not lose the attempt's end
+            log.exception("handoff_crashed attempt=%s", request.attempt_id)
+            reason = repr(exc)
+        log.warning("handoff_missing attempt=%s reason=%s", request.attempt_id, reason)
+        return None
+
+    async def _handoff_of(self, rotated: AttemptRecord) -> str | None:
+        """The rotated attempt's journaled handoff, else one extracted from its log (the
+        orchestrator died before it could journal one)."""
+        if rotated.handoff:
+            return rotated.handoff
+        backend = self._backends.get(rotated.backend)
+        if not isinstance(backend, SessionHandoff):
+            return None
+        return await asyncio.to_thread(backend.handoff_from_log, Path(rotated.log_path))
+
+    async def _prepare(self, event: AttemptDispatched) -> tuple[AgentRequest, StepSpec | None]:
+        """The attempt's workspace and its fully resolved request."""
         state = self.state
         spec = state.tasks[event.task_id].spec
         project = state.projects[spec.project]
         resumed = state.attempts[event.resume_of] if event.resume_of else None
-        if resumed is not None and resumed.workdir is not None:
-            # Resuming: the interrupted attempt's worktree holds the work done so far.
+        rotated = continues(state, event.attempt_id)
+        carried = resumed or rotated
+        if carried is not None and carried.workdir is not None:
+            # Resuming or continuing: the earlier attempt's worktree holds the work done.
             workspace = Workspace(
-                path=Path(resumed.workdir), branch=resumed.branch, base_commit=resumed.base_commit
+                path=Path(carried.workdir), branch=carried.branch, base_commit=carried.base_commit
             )
         elif project.is_git:
             workspace = await asyncio.to_thread(
@@ -376,6 +491,10 @@ class AgentPool:
             prompt = first_prompt(state.workflows[run.workflow], run, spec.title, spec.prompt, step)
             if step.tools is not None:
                 settings = msgspec.structs.replace(settings, allowed_tools=list(step.tools))
+        if rotated is not None:
+            summary = await self._handoff_of(rotated)
+            if summary:
+                prompt = with_handoff(prompt, summary)
         request = AgentRequest(
             attempt_id=event.attempt_id,
             task_id=spec.id,
@@ -390,10 +509,20 @@ class AgentPool:
             resume_session_id=resume_session_id,
             output_schema=step.output_schema if step is not None else None,
         )
+        return request, step
+
+    async def _attempt(
+        self,
+        event: AttemptDispatched,
+        request: AgentRequest,
+        step: StepSpec | None,
+        reporter: _Reporter,
+        ready_since: float | None,
+    ) -> AttemptFinished:
         backend = self._backends[event.backend]
         if self.latencies is not None and ready_since is not None:
             self.latencies.append(self._clock.now() - ready_since)
-        result = await backend.run(request, _Reporter(self.inbox, self._clock, event.attempt_id))
+        result = await backend.run(request, reporter)
         return AttemptFinished(
             at=self._clock.now(),
             attempt_id=event.attempt_id,
@@ -411,3 +540,10 @@ class AgentPool:
                 else None
             ),
         )
+
+
+def _uncancel() -> None:
+    """Forget the cancellations this task has received (it handled them)."""
+    task = asyncio.current_task()
+    while task is not None and task.cancelling():
+        task.uncancel()

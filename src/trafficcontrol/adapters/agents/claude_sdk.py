@@ -267,32 +267,11 @@ class ClaudeBackend:
 
     def handoff_from_log(self, log_path: Path) -> str | None:
         """The log's last assistant texts (main thread only) and the files written."""
-        texts: list[str] = []
-        files: list[str] = []
         try:
             lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return None
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a crash
-            data = record.get("data") if isinstance(record, dict) else None
-            if record.get("type") != "AssistantMessage" or not isinstance(data, dict):
-                continue
-            if data.get("parent_tool_use_id") is not None:
-                continue  # a sub-agent's
-            for block in data.get("content") or ():
-                if not isinstance(block, dict):
-                    continue
-                if isinstance(block.get("text"), str):
-                    texts.append(block["text"])
-                elif block.get("name") in _WRITING_TOOLS and isinstance(block.get("input"), dict):
-                    path = block["input"].get("file_path") or block["input"].get("notebook_path")
-                    if isinstance(path, str):
-                        files.append(path)
-        return extracted_handoff(texts, files)
+        return extracted_handoff(*_session_record(lines))
 
     async def _stop(
         self, consumer: asyncio.Task[AgentResult], stream: AttemptStream, marker: str
@@ -309,6 +288,43 @@ class ClaudeBackend:
         with contextlib.suppress(BaseException):
             consumer.result()  # retrieved, so asyncio does not log it as never retrieved
         await stop_marked(marker, self._grace_s)
+
+
+def _session_record(lines: Iterable[str]) -> tuple[list[str], list[str]]:
+    """From an attempt log: the main thread's assistant texts, and the files its writing
+    tools changed (those whose result came back without an error)."""
+    texts: list[str] = []
+    files: list[str] = []
+    writes: dict[str, str] = {}
+    """tool_use id -> the path it writes."""
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        data = record.get("data") if isinstance(record, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+            continue
+        if data.get("parent_tool_use_id") is not None or data.get("error") is not None:
+            continue  # a sub-agent's, or the CLI's own account of a failed call
+        kind = record["type"]
+        for block in data["content"]:
+            if not isinstance(block, dict):
+                continue
+            if kind == "AssistantMessage" and isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif kind == "AssistantMessage" and block.get("name") in _WRITING_TOOLS:
+                args = block.get("input")
+                path = None
+                if isinstance(args, dict):
+                    path = args.get("file_path") or args.get("notebook_path")
+                if isinstance(path, str) and isinstance(block.get("id"), str):
+                    writes[block["id"]] = path
+            elif kind == "UserMessage" and block.get("tool_use_id") in writes:
+                path = writes.pop(block["tool_use_id"])
+                if not block.get("is_error"):
+                    files.append(path)
+    return texts, files
 
 
 def _require_sdk() -> None:
@@ -405,11 +421,11 @@ class AttemptStream:
     interpreted; any
     other message, of a type known or not, is logged and otherwise ignored: ``feed``
     never raises on content. Claude Code sends one assistant message per content block,
-    each carrying the usage of the whole API response so far, so a turn's usage is the
-    last one seen for its message id, reported when its tool results, the next turn or
-    the result come (whichever is first; later blocks of a reported turn are ignored).
-    Those messages carry the usage of the response's start (verified against the CLI):
-    input and cache tokens are exact, output tokens are only final in the result.
+    as each block completes (before the response has ended), all carrying the usage of
+    the response's start (verified against the CLI): input and cache tokens are exact,
+    output tokens are only final in the result. So a turn is reported at its first
+    block — its context is known then, which session rotation needs while the turn is
+    still streaming — and later blocks with the same message id are not new turns.
     """
 
     def __init__(
@@ -430,27 +446,17 @@ class AttemptStream:
         self.pid: int | None = None
         self.error_kind: str | None = None
         """The ``error`` of the CLI's last synthetic assistant message (why a call failed)."""
-        self._turn: tuple[str | None, str | None, Usage] | None = None
-        """(message id, model, usage) of the turn not yet reported."""
-        self._reported: str | None = None
-        """The message id of the turn reported last (its later blocks are not new turns)."""
+        self._reported: set[str] = set()
+        """Message ids of the turns reported (their later blocks are not new turns)."""
 
     def _turn_seen(self, message_id: str | None, model: str | None, raw: object) -> None:
         if not isinstance(raw, Mapping):
             return
-        if message_id is not None and message_id == self._reported:
-            return  # a later block of a turn already reported at its tool results
-        usage = _usage_of(raw, cost=None)
-        if self._turn is not None and (message_id is None or self._turn[0] != message_id):
-            self.flush_turn()
-        self._turn = (message_id, model, usage)
-
-    def flush_turn(self) -> None:
-        if self._turn is not None:
-            message_id, model, usage = self._turn
-            self._turn = None
-            self._reported = message_id
-            self._reporter.turn_usage(model, usage)
+        if message_id is not None:
+            if message_id in self._reported:
+                return
+            self._reported.add(message_id)
+        self._reporter.turn_usage(model, _usage_of(raw, cost=None))
 
     def feed(self, message: object) -> None:
         from claude_agent_sdk import (
@@ -458,7 +464,6 @@ class AttemptStream:
             RateLimitEvent,
             ResultMessage,
             SystemMessage,
-            UserMessage,
         )
 
         try:
@@ -473,10 +478,6 @@ class AttemptStream:
                 self.error_kind = str(message.error)
             if message.usage is not None:
                 self._turn_seen(message.message_id, message.model, message.usage)
-        elif isinstance(message, UserMessage):
-            # Tool results: the turn before them is complete, and its context is known
-            # now, not only when the next answer (which may never come) starts.
-            self.flush_turn()
         elif isinstance(message, RateLimitEvent):
             info = message.rate_limit_info
             self._reporter.rate_limit(
@@ -486,7 +487,6 @@ class AttemptStream:
                 None if info.resets_at is None else float(info.resets_at),
             )
         elif isinstance(message, ResultMessage):
-            self.flush_turn()
             self.result = message
             session_id = message.session_id
         if isinstance(session_id, str) and session_id and session_id != self.session_id:
@@ -513,7 +513,6 @@ class AttemptStream:
     ) -> AgentResult:
         """The attempt's result; ``error`` explains a failure the result does not, and
         ``exception`` names the SDK error that ended the run (not a process exit)."""
-        self.flush_turn()
         result = self.result
         usage = _usage(result, resumed=self._resumed) if result is not None else None
         session_id = self.session_id or (result.session_id if result is not None else None)

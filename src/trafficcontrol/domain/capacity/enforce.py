@@ -62,9 +62,12 @@ class RefusalReason(StrEnum):
     """Does not fit even an empty window."""
     CONCURRENCY = "concurrency"
     """The family is at its cap of concurrent attempts."""
+    RATE = "rate"
+    """An API-key per-minute limit: room frees as the minute rolls on (``possible_at``)."""
 
 
 _SEVERITY = {
+    RefusalReason.RATE: 1,
     RefusalReason.TOO_LARGE: 3,
     RefusalReason.WINDOW_FULL: 2,
     RefusalReason.RESERVED: 1,

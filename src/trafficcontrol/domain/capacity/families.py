@@ -8,6 +8,7 @@ metered, and Sonnet is the middle guess.
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 
 
@@ -20,8 +21,11 @@ class ModelFamily(StrEnum):
 DEFAULT_FAMILY = ModelFamily.SONNET
 
 
+@functools.cache
 def model_family(model: str | None) -> ModelFamily:
-    """The family of a model name: ``"claude-opus-4-1"`` -> opus; unknown or None -> sonnet."""
+    """The family of a model name: ``"claude-opus-4-1"`` -> opus; unknown or None -> sonnet.
+
+    Cached: the fold asks for every usage entry, and models are few."""
     if not model:
         return DEFAULT_FAMILY
     name = model.lower()

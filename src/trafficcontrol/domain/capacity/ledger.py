@@ -169,7 +169,7 @@ class _Totals:
     def covers(self, at: float) -> bool:
         return self.start is not None and self.end is not None and self.start <= at < self.end
 
-    def add(self, entry: UsageEntry) -> None:
+    def add(self, entry: UsageEntry, tags: tuple[tuple[TagKind, str], ...] = ()) -> None:
         self.entries += 1
         if entry.usage is None or entry.units is None:
             self.unknown += 1
@@ -182,7 +182,7 @@ class _Totals:
             self.cost_unknown += 1
         else:
             self.cost = (self.cost or 0.0) + entry.usage.cost_usd
-        for tag in entry.tags():
+        for tag in tags:
             self.by_tag[tag] = self.by_tag.get(tag, 0.0) + entry.units
         if self.signal is not None and entry.at > self.signal.at:
             self.since_signal += entry.units
@@ -245,11 +245,12 @@ class UsageLedger:
             self._entries.append(entry)
         else:
             bisect.insort_right(self._entries, entry, lo=self._head, key=_at)
+        tags = tuple(entry.tags())
         for window in windows_for(entry.family):
             totals = self._totals[window]
             self._roll(window, totals, entry.at)
             if totals.covers(entry.at):
-                totals.add(entry)
+                totals.add(entry, tags)
 
     def observe_signal(self, signal: RateLimitSignal) -> Window | None:
         """Apply a provider signal; returns the window it now governs, None if ignored."""
@@ -374,7 +375,7 @@ class UsageLedger:
         totals.reset(start, end)
         for entry in self._slice(start, end, after=False):
             if _counts(window, entry.family):
-                totals.add(entry)
+                totals.add(entry, tuple(entry.tags()))
 
 
 def _empty(

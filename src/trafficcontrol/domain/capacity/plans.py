@@ -154,7 +154,9 @@ class SubscriptionPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, 
         return self.session_length_s if kind is WindowKind.SESSION else WEEK_S
 
 
-class ApiKeyLimits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ApiKeyLimits(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """Per-minute limits of one model family under an API key (None: not limited)."""
 
     requests_per_minute: int | None = None
@@ -170,7 +172,7 @@ class ApiKeyLimits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
         _check_limit("output_tokens_per_minute", self.output_tokens_per_minute)
 
 
-class ApiKeyPlan(msgspec.Struct, frozen=True, kw_only=True):
+class ApiKeyPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """An API-key plan: per-minute limits per family; no session or weekly windows."""
 
     families: dict[ModelFamily, ApiKeyLimits] = msgspec.field(default_factory=dict)

@@ -39,12 +39,13 @@ from trafficcontrol.domain.capacity.costs import (
     CostPrior,
     SizeBucket,
 )
-from trafficcontrol.domain.capacity.enforce import CapacityBook, Refusal
+from trafficcontrol.domain.capacity.enforce import CapacityBook, Refusal, RefusalReason
 from trafficcontrol.domain.capacity.families import ModelFamily, model_family
 from trafficcontrol.domain.capacity.forecast import Forecaster, Projection
 from trafficcontrol.domain.capacity.ledger import UsageEntry, UsageLedger, WindowFigure
 from trafficcontrol.domain.capacity.limits import LearningPolicy, LimitCorrection
-from trafficcontrol.domain.capacity.plans import SubscriptionPlan
+from trafficcontrol.domain.capacity.per_minute import MINUTE_S, minute_refusal, minute_use
+from trafficcontrol.domain.capacity.plans import ApiKeyPlan, SubscriptionPlan
 from trafficcontrol.domain.capacity.signals import RateLimitSignal, signal_window
 from trafficcontrol.domain.capacity.warnings import THRESHOLDS, CapacityWarning, WarningTracker
 from trafficcontrol.domain.capacity.windows import ALL_WINDOWS, Window, windows_for
@@ -63,6 +64,8 @@ class CapacityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     prior: CostPrior = msgspec.field(default_factory=CostPrior)
     learning: LearningPolicy = msgspec.field(default_factory=LearningPolicy)
     thresholds: tuple[float, ...] = THRESHOLDS
+    api_key: ApiKeyPlan | None = None
+    """Per-minute limits of an API key (requests, input and output tokens per family)."""
 
 
 class PendingHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,8 +141,11 @@ class Capacity:
         self._running: dict[str, _Run] = {}
         self.pruned_day: int | None = None
         """Entries older than every window are dropped at the first usage of each day."""
-        self.limited = any(plan.limit(w) is not None for w in ALL_WINDOWS) or any(
-            plan.family(f).max_concurrent is not None for f in ModelFamily
+        api_key = self.config.api_key
+        self.limited = (
+            any(plan.limit(w) is not None for w in ALL_WINDOWS)
+            or any(plan.family(f).max_concurrent is not None for f in ModelFamily)
+            or (api_key is not None and bool(api_key.families))
         )
         """False: no window or concurrency limit is configured; ``admit`` always says yes."""
 
@@ -297,6 +303,20 @@ class Capacity:
         runs only in an empty window, rather than never."""
         if not self.limited:
             return None
+        api_key = self.config.api_key
+        if api_key is not None and family in api_key.families:
+            recent = self.ledger.entries_between(now - MINUTE_S, now + 1e-6)
+            use = minute_use(recent, family, now)
+            rate = minute_refusal(api_key, use, now, self.config.plan.safety_margin)
+            if rate is not None:
+                return Refusal(
+                    reason=RefusalReason.RATE,
+                    window=None,
+                    possible_at=rate.possible_at,
+                    on_release=False,
+                    needed=1,
+                    available=rate.allowed - rate.used,
+                )
         budgets = [b for w in windows_for(family) if (b := self.book.budget(w)) is not None]
         needed = min([expected_units, *budgets])
         return self.book.check(family, needed, now, pending, pending_active)
