@@ -519,3 +519,15 @@ def test_an_api_key_plan_loads_from_config(tmp_path: Path) -> None:
     config.write_text("[capacity.api_key.families.opus]\nrequests_per_hour = 5\n")
     with pytest.raises(ConfigError, match="requests_per_hour"):
         load_settings(config)
+
+
+def test_status_reports_agent_context_use(scene: Scene) -> None:
+    sessions = tc_json("status", home=scene.home)["sessions"]
+    # Two attempts reported turns (a, c): their context is input + cache tokens.
+    assert sessions["measured"] == 2 and sessions["rotations"] == 0
+    peak = max(
+        TURN_A.input_tokens + TURN_A.cache_read_tokens + TURN_A.cache_creation_tokens,
+        TURN_C.input_tokens + TURN_C.cache_read_tokens + TURN_C.cache_creation_tokens,
+    )
+    assert sessions["peak_utilisation"] == pytest.approx(peak / 200_000)
+    assert "agent contexts: 2 sessions measured" in tc("status", home=scene.home).stdout

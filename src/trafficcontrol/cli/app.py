@@ -35,6 +35,7 @@ from trafficcontrol.domain.model import (
 )
 from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.requests import AnyRequest, CancelRequest, RetryRequest, SubmitRequest
+from trafficcontrol.domain.rotation import rotation_stats
 from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
 from trafficcontrol.ports import RequestResult
@@ -291,6 +292,14 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     state = existing_state(app_)
     now = app_.clock.now()
     data = views.status_dict(state, orchestrator_running=app_.orchestrator_running(), now=now)
+    sessions = rotation_stats(state, app_.settings.context)
+    data["sessions"] = {
+        "measured": sessions.sessions,
+        "rotations": sessions.rotations,
+        "delegation_rate": sessions.delegation_rate,
+        "peak_utilisation": sessions.peak_utilisation,
+        "mean_utilisation": sessions.mean_utilisation,
+    }
     if as_json:
         emit_json(data)
         return
@@ -318,6 +327,13 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if data["errors_by_class"]:
         by_class = ", ".join(f"{name} {n}" for name, n in data["errors_by_class"].items())
         out.print(f"failed attempts by class: {by_class} (tc health)", highlight=False)
+    if sessions.sessions:
+        out.print(
+            f"agent contexts: {sessions.sessions} sessions measured, peak"
+            f" {sessions.peak_utilisation:.0%} / mean {sessions.mean_utilisation:.0%} of the"
+            f" window; {sessions.rotations} rotated ({sessions.delegation_rate:.0%})",
+            highlight=False,
+        )
 
 
 @app.command()
