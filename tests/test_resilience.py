@@ -33,7 +33,8 @@ from trafficcontrol.domain.model import (
 )
 from trafficcontrol.domain.retries import full_jitter_delay
 from trafficcontrol.domain.state import State, apply
-from trafficcontrol.runtime.pool import classified, with_feedback
+from trafficcontrol.runtime.pool import classified
+from trafficcontrol.runtime.prompts import with_feedback
 
 PROJECT = ProjectSpec(id=ProjectId("p"), path="/virtual/p", is_git=True, max_attempts=3)
 CONFIG = SchedulerConfig(max_agents=10)

@@ -24,7 +24,7 @@ from rich.markup import escape
 from trafficcontrol import __version__
 from trafficcontrol.adapters.backlog_file import read_backlog
 from trafficcontrol.bootstrap import App, Home
-from trafficcontrol.cli import views
+from trafficcontrol.cli import formats, views
 from trafficcontrol.domain.model import (
     Difficulty,
     Priority,
@@ -389,7 +389,7 @@ def show_attempt(attempt: AttemptRecord, now: float) -> None:
     out.print(
         f"  attempt {attempt.id}: {attempt.outcome or 'running'}{label}"
         f"  {attempt.backend}/{attempt.model or '-'}"
-        f"  {views.duration(data['seconds'])}",
+        f"  {formats.duration(data['seconds'])}",
         highlight=False,
     )
     lines: list[tuple[str, object]] = [

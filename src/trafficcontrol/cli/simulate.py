@@ -21,7 +21,7 @@ from rich.table import Table
 
 from trafficcontrol.adapters.backlog_file import parse_backlog, read_backlog
 from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, fail, make_app, out
-from trafficcontrol.cli.views import duration
+from trafficcontrol.cli.formats import duration
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.invariants import verify_journal

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, fail, make_app, out, send
-from trafficcontrol.cli.views import when
+from trafficcontrol.cli.formats import when
 from trafficcontrol.domain.requests import RollbackRequest, SnapshotRequest
 from trafficcontrol.errors import TrafficControlError
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -13,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from trafficcontrol.cli.formats import ago, countdown, duration, stamp, until, when
+from trafficcontrol.cli.formats import local_time as local_time
 from trafficcontrol.domain.breakers import BreakerPolicy, BreakerRecord, BreakerState
 from trafficcontrol.domain.failures import FailureClass
 from trafficcontrol.domain.model import SIMULATED_LABEL, LimitHit, TaskState, Usage
@@ -31,69 +32,12 @@ STATE_STYLE = {
 }
 
 
-def when(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def stamp(ts: float | None) -> dict[str, Any] | None:
-    """A time for JSON: epoch seconds and the ISO string (UTC)."""
-    if ts is None:
-        return None
-    return {"epoch": ts, "iso": when(ts)}
-
-
-def local_time(ts: float) -> str:
-    """A time as people read it on this machine: ``Mon 09:00``."""
-    return datetime.fromtimestamp(ts).astimezone().strftime("%a %H:%M")
-
-
-def countdown(seconds: float) -> str:
-    """How long until something: ``45s``, ``13m``, ``2h13m``, ``3d04h``."""
-    if seconds <= 0:
-        return "now"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes = int(seconds // 60)
-    if minutes < 60:
-        return f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-def until(ts: float, now: float) -> str:
-    """``Mon 09:00 (in 2h13m)``, or ``Mon 09:00 (due)`` once it has passed."""
-    left = ts - now
-    return f"{local_time(ts)} ({'in ' + countdown(left) if left > 0 else 'due'})"
-
-
-def ago(ts: float, now: float) -> str:
-    """``Mon 09:00 (3m ago)``: when something happened, and how long ago."""
-    return f"{local_time(ts)} ({countdown(now - ts)} ago)"
-
-
 def wait_text(record: TaskRecord, now: float) -> str:
     """Why a waiting task waits and until when: ``capacity: …, until Mon 09:00 (in 2h13m)``."""
     reason = record.wait_reason or "waiting"
     if record.retry_at is None:
         return reason
     return f"{reason}, until {until(record.retry_at, now)}"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def usage_dict(usage: Usage | None) -> dict[str, Any] | None:

@@ -4,8 +4,9 @@ Design note. One asyncio task owns the state: it asks ``decide`` for commands,
 journals them as events, acts on them (start or stop agents), then waits for events
 from agents, timers and other processes, commits them as one batch (group commit)
 and folds them in. Agents run as named asyncio tasks in an ``AgentPool`` and talk to
-the loop only through the inbox. The journal is touched from one worker thread only,
-so the SQLite connection is never shared between threads at once.
+the loop only through the inbox. While the loop runs, the journal is touched only
+through the ``StoreBuffer``, from one worker thread, so the SQLite connection is never
+shared between threads at once.
 
 Shutdown (SIGINT/SIGTERM, or ``stop()``): every running attempt gets a journaled
 stop request, its agent is stopped (process group: SIGTERM, grace, SIGKILL) and its
@@ -14,36 +15,11 @@ all of that; the next start finds the attempts still running in the journal, kil
 any process group that outlived us (matched by pid and start time) and journals
 them as interrupted.
 
-Store outages. Every turn folds what it learned into the state and keeps those
-events in ``_unsent`` with what waits for them to be durable (acknowledgements,
-agents to start or stop, answers to requests); one ``append`` writes the lot, then
-the loop acts. When that append fails with a retryable ``StoreError`` (a locked or
-unreachable journal) the orchestrator degrades instead of dying:
-
-- the running agents go on; their events are folded and added to the buffer, and
-  the append is retried with backoff (``runtime.watchdog.StoreWatch``);
-- nothing new is acted on: no ``decide`` (so no dispatch, no timeout or hung kill),
-  no requests from other processes; what the failed batch had decided waits, folded,
-  until it is journaled;
-- when an append succeeds, the buffer goes in order in one batch followed by one
-  ``StoreOutage`` event (start, end, buffered events, failed writes): the journal
-  cannot record the outage while it lasts, so its summary comes after. Then the
-  deferred actions run and normal turns resume;
-- the buffer is bounded (``store_buffer_events``). At the bound every running agent
-  is stopped (``StopReason.STORE_OUTAGE``, re-queued like a shutdown) — the one
-  action, with shutdown, taken before its intent is durable; the intent still goes
-  into the journal before the agent's end. The bound is then exceeded by at most the
-  stop and the end of each agent, and nothing is ever dropped.
-
-Rejected alternatives at the bound: dropping or coalescing events (turn usage,
-rate-limit reports) loses facts the capacity ledger is built from; blocking the
-agents' reporters breaks the adapters' never-block contract; exiting loses every
-buffered fact, while a stopped agent loses little (a claude attempt resumes its
-session, its worktree stays). A non-retryable ``StoreError`` (a corrupt row,
-another writer on the journal) still ends the run at once. At shutdown the buffer is
-retried for ``store_shutdown_wait_s``; after that the run ends with an error and the
-next start recovers from the journal as after a crash (attempts whose end was lost
-run again).
+Store outages (``runtime.store_buffer``): every turn's events are folded, then
+journaled in one batch before the loop acts on them. While the journal cannot be
+written the agents go on, their events are buffered up to a bound, nothing new is
+acted on, and the outage is journaled as one ``StoreOutage`` once the store is back.
+Requests from other processes are served between turns (``runtime.requests_server``).
 
 Hung agents: an attempt whose log has not grown for ``hung_after_s`` gets a
 journaled stop (``StopReason.HUNG``); its agent is killed as on a timeout and the
@@ -56,13 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
 
-from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.decide import (
     SchedulerConfig,
@@ -77,41 +49,22 @@ from trafficcontrol.domain.events import (
     OrchestratorStarted,
     OrchestratorStopped,
     ResilienceConfigured,
-    RolledBack,
     TaskSplit,
 )
 from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskId, TaskState
-from trafficcontrol.domain.requests import (
-    RollbackRequest,
-    SnapshotRequest,
-    plan,
-    request_decoder,
-)
 from trafficcontrol.domain.resilience import ResilienceConfig
-from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State, apply
-from trafficcontrol.errors import ConfigError, StoreError, TrafficControlError
-from trafficcontrol.ports import AgentBackend, Clock, Journal, RequestResult, Workspaces
+from trafficcontrol.errors import ConfigError
+from trafficcontrol.ports import AgentBackend, Clock, Journal, Workspaces
 from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.pool import AgentPool
 from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, interrupt_leftovers
+from trafficcontrol.runtime.requests_server import RequestsServer
 from trafficcontrol.runtime.snapshotter import Snapshotter
-from trafficcontrol.runtime.watchdog import Health, HungWatch, StoreStatus, StoreWatch
+from trafficcontrol.runtime.store_buffer import StoreBuffer
+from trafficcontrol.runtime.watchdog import Health, HungWatch, StoreStatus
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class _Deferred:
-    """What waits for the buffered events to be journaled."""
-
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-    stops: list[tuple[AttemptId, StopReason, float | None]] = field(default_factory=list)
-    """(attempt, reason, idle seconds when hung)."""
-    starts: list[AttemptDispatched] = field(default_factory=list)
-    answers: list[tuple[int, RequestResult]] = field(default_factory=list)
-    """Answers to requests from other processes."""
 
 
 class Orchestrator:
@@ -151,7 +104,6 @@ class Orchestrator:
         self._kill_leftover = kill_leftover
         self._kill_marked = kill_marked
         self._request_poll_s = request_poll_s
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self.state = State()
         self.pool = AgentPool(
             backends=backends,
@@ -166,18 +118,26 @@ class Orchestrator:
         self._stopping = False
         self._last_poll = float("-inf")
         self._next_wakeup: float | None = None
-        self._store = StoreWatch(bound=store_buffer_events, retry_max_s=store_retry_max_s)
-        self._shutdown_wait_s = store_shutdown_wait_s
+        self._buffer = StoreBuffer(
+            journal=journal,
+            clock=clock,
+            state=self.state,
+            inbox=self.pool.inbox,
+            act=self._act,
+            bound=store_buffer_events,
+            retry_max_s=store_retry_max_s,
+            shutdown_wait_s=store_shutdown_wait_s,
+        )
+        self._requests = RequestsServer(
+            buffer=self._buffer, pool=self.pool, clock=clock, snapshotter=snapshotter
+        )
         self._hung = HungWatch(hung_after_s)
-        self._unsent: list[AnyEvent] = []
-        """Events folded into the state but not yet journaled, in order."""
-        self._deferred = _Deferred()
 
     # -- lifecycle --------------------------------------------------------------------
     def recover(self, base: State | None = None) -> State:
         """Fold the journal into ``base`` (a restored snapshot) or into a fresh state."""
         if base is not None:
-            self.state = self.pool.state = base
+            self.state = self.pool.state = self._buffer.state = base
         for _seq, event in self._journal.read(after=self.state.seq):
             apply(self.state, event)
         return self.state
@@ -202,14 +162,14 @@ class Orchestrator:
 
     def health(self) -> Health:
         """The degraded modes in force now (read-only; cheap enough to poll)."""
-        store = self._store
+        store = self._buffer.watch
         return Health(
             store=StoreStatus.OK if store.ok else StoreStatus.DEGRADED,
             store_since=store.since,
             store_errors=store.errors,
             store_last_error=store.last_error,
             store_outages=store.outages,
-            buffered_events=len(self._unsent),
+            buffered_events=len(self._buffer.unsent),
             buffer_bound=store.bound,
             dispatch_paused=not store.ok,
             agents_stopped=store.shed,
@@ -224,13 +184,14 @@ class Orchestrator:
                 await self._step()
                 if self._stopping or (until_idle and self._idle()):
                     break
-                if self.snapshotter is not None and self._store.ok and not self._unsent:
+                buffer = self._buffer
+                if self.snapshotter is not None and buffer.watch.ok and not buffer.unsent:
                     self.snapshotter.maybe_start(self.state)
                 await self._wait()
             await self._shutdown()
         finally:
             await self.pool.cancel_all()
-            self._io.shutdown(wait=True)
+            self._buffer.close()
 
     async def _start(self) -> None:
         previous_clean = not self.state.running_orchestrator
@@ -255,7 +216,7 @@ class Orchestrator:
                 previous_clean=previous_clean,
             )
         )
-        await self._commit(events)
+        await self._buffer.commit(events)
 
     # -- one turn of the loop ---------------------------------------------------------
     async def _step(self) -> None:
@@ -264,21 +225,22 @@ class Orchestrator:
         The agents' events are folded before they are durable so that ``decide``
         sees them; nothing outside the process learns of them until the append
         returns (waiters are acknowledged, agents started or stopped only after it).
-        While the store is down the turn only folds and buffers (module docstring).
+        While the store is down the turn only folds and buffers (``runtime.store_buffer``).
         """
-        if self._store.ok and self._clock.monotonic() - self._last_poll >= self._request_poll_s:
+        store = self._buffer.watch
+        if store.ok and self._clock.monotonic() - self._last_poll >= self._request_poll_s:
             self._last_poll = self._clock.monotonic()
-            await self._serve_requests()
+            await self._requests.serve(self.state)
         events, waiters = self.pool.inbox.take()
-        self._fold(events, waiters)
+        self._buffer.fold(events, waiters)
         self._next_wakeup = None
         if self.lead is not None:
             self.lead.observe(self.state, events)
-            if self._store.ok and not self._stopping:
+            if store.ok and not self._stopping:
                 self._consult_lead()
-        if self._store.ok:
+        if store.ok:
             self._decide()
-        await self._flush()
+        await self._buffer.flush()
         self._check_buffer()
 
     def _decide(self) -> None:
@@ -288,14 +250,14 @@ class Orchestrator:
         if self._stopping:
             return
         now = self._clock.now()
-        deferred = self._deferred
+        deferred = self._buffer.deferred
         for command in decision.commands:
             event = self.pool.command_event(command, now)
             if isinstance(event, AttemptDispatched):
                 deferred.starts.append(event)
             elif isinstance(event, AttemptStopRequested):
                 deferred.stops.append((event.attempt_id, event.reason, None))
-            self._fold([event])
+            self._buffer.fold([event])
         monotonic = self._clock.monotonic()
         if not self._hung.due(monotonic):
             return
@@ -306,7 +268,9 @@ class Orchestrator:
         }
         for aid, idle in self._hung.check(logs, monotonic):
             log.warning("agent_hung attempt=%s idle_s=%.1f", aid, idle)
-            self._fold([AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.HUNG)])
+            self._buffer.fold(
+                [AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.HUNG)]
+            )
             deferred.stops.append((aid, StopReason.HUNG, idle))
 
     def _consult_lead(self) -> None:
@@ -353,91 +317,6 @@ class Orchestrator:
         except OSError:
             return ""
 
-    def _fold(
-        self, events: list[AnyEvent], waiters: list[asyncio.Future[None]] | None = None
-    ) -> None:
-        """Fold events that are not journaled yet and buffer them for the next append."""
-        for event in events:
-            apply(self.state, event)
-        self._unsent.extend(events)
-        if waiters:
-            self._deferred.waiters.extend(waiters)
-
-    async def _serve_requests(self) -> None:
-        try:
-            requests = await self._blocking(self._journal.take_requests)
-        except StoreError as exc:
-            self._store_failed(exc)
-            return
-        for request in requests:
-            try:
-                decoded = request_decoder.decode(request.body)
-                match decoded:
-                    case SnapshotRequest():
-                        result = await self._snapshot_now()
-                    case RollbackRequest():
-                        result = await self._rollback(decoded)
-                    case _:
-                        event = plan(self.state, decoded, self._clock.now())
-                        if event is not None:
-                            self._fold([event])  # answered once journaled
-                        message = "accepted" if event else "no change"
-                        result = RequestResult(ok=True, message=message)
-            except StoreError as exc:
-                if not exc.retryable:
-                    raise
-                result = RequestResult(ok=False, message=f"journal unavailable: {exc.message}")
-            except TrafficControlError as exc:
-                problems = getattr(exc, "problems", [exc.message])
-                result = RequestResult(ok=False, message=exc.message, details=problems)
-            except ValueError as exc:  # msgspec.DecodeError: a malformed request row
-                result = RequestResult(ok=False, message=f"malformed request: {exc}")
-            self._deferred.answers.append((request.id, result))
-
-    async def _snapshot_now(self) -> RequestResult:
-        if self.snapshotter is None:
-            return RequestResult(ok=False, message="snapshots are off (snapshot_interval_s = 0)")
-        await self._flush_or_raise()  # a snapshot never runs ahead of the journal
-        record = await self.snapshotter.take(self.state)
-        if record is None:
-            return RequestResult(ok=False, message=self.snapshotter.last_error or "failed")
-        return RequestResult(
-            ok=True, message=f"snapshot {record.version} written (seq {record.seq}): {record.path}"
-        )
-
-    async def _rollback(self, request: RollbackRequest) -> RequestResult:
-        """Stop the agents the rollback affects, then journal ``RolledBack``."""
-        if self.snapshotter is None:
-            return RequestResult(ok=False, message="snapshots are off (snapshot_interval_s = 0)")
-        _record, payload = await asyncio.to_thread(self.snapshotter.files.read, request.version)
-        try:
-            data = snapshot.decode(payload)
-        except snapshot.SnapshotSchemaError as exc:
-            return RequestResult(ok=False, message=f"snapshot {request.version}: {exc}")
-        rollback = plan_rollback(self.state, data, request.version)
-        details = describe_rollback(rollback)
-        if request.dry_run:
-            return RequestResult(ok=True, message="dry run: nothing changed", details=details)
-        now = self._clock.now()
-        await self._commit(
-            [
-                AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.ROLLBACK)
-                for aid in rollback.stops
-                if self.state.running[aid].stop_reason is None
-            ]
-        )
-        for aid in rollback.stops:
-            self.pool.stop(aid, StopReason.ROLLBACK)
-        await self.pool.wait_for(rollback.stops)
-        events, waiters = self.pool.inbox.take()
-        self._fold(events, waiters)
-        await self._commit(
-            [RolledBack(at=self._clock.now(), version=request.version, snapshot=data)]
-        )
-        return RequestResult(
-            ok=True, message=f"rolled back to snapshot {request.version}", details=details
-        )
-
     def _idle(self) -> bool:
         counts = self.state.counts
         return (
@@ -445,8 +324,8 @@ class Orchestrator:
             and not counts[TaskState.READY]
             and not counts[TaskState.WAITING]
             and not self.pool.inbox.pending()
-            and self._store.ok
-            and not self._unsent
+            and self._buffer.watch.ok
+            and not self._buffer.unsent
             and not self._consults
             and (
                 self.lead is None
@@ -456,7 +335,7 @@ class Orchestrator:
 
     async def _wait(self) -> None:
         monotonic = self._clock.monotonic()
-        retry_in = self._store.retry_in(monotonic)
+        retry_in = self._buffer.watch.retry_in(monotonic)
         if retry_in is not None:  # the store is down: nothing to do before the next try
             await self.pool.inbox.wait(retry_in)
             return
@@ -471,7 +350,7 @@ class Orchestrator:
     async def _shutdown(self) -> None:
         if self._stopping:
             now = self._clock.now()
-            self._fold(
+            self._buffer.fold(
                 [
                     AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.SHUTDOWN)
                     for aid, attempt in self.state.running.items()
@@ -479,13 +358,13 @@ class Orchestrator:
                 ]
             )
             # Journal the stops first when the store lets us; stop the agents either way.
-            await self._flush(force=True)
+            await self._buffer.flush(force=True)
             self._stop_agents(StopReason.SHUTDOWN)
             await self.pool.wait_all()
         events, waiters = self.pool.inbox.take()
-        self._fold(events, waiters)
-        self._fold([OrchestratorStopped(at=self._clock.now(), instance=self.instance)])
-        await self._flush_before_exit()
+        self._buffer.fold(events, waiters)
+        self._buffer.fold([OrchestratorStopped(at=self._clock.now(), instance=self.instance)])
+        await self._buffer.flush_before_exit()
         if self.snapshotter is not None:
             await self.snapshotter.drain()
             await self.snapshotter.take(self.state)
@@ -494,7 +373,7 @@ class Orchestrator:
         """Stop the agents now, whether or not their stop intents (folded and buffered
         by the caller) are journaled yet: shutdown, and a full buffer while the store
         is down. At shutdown, attempts dispatched but never started end interrupted."""
-        deferred = self._deferred
+        deferred = self._buffer.deferred
         stops, deferred.stops = deferred.stops, []
         for aid, why, idle in stops:
             self._stop(aid, why, idle)
@@ -512,19 +391,13 @@ class Orchestrator:
         self.pool.stop(attempt_id, reason, idle_s=idle_s)
 
     def _check_buffer(self) -> None:
-        """At the buffer's bound, stop the agents: no event may be dropped (docstring).
-        Attempts dispatched but not started yet start once the store is back."""
-        store = self._store
-        if store.ok or store.shed or len(self._unsent) < store.bound:
+        """At the buffer's bound, stop the agents: no event may be dropped
+        (``runtime.store_buffer``). Attempts dispatched but not started yet start once
+        the store is back."""
+        if not self._buffer.overflowed():
             return
-        store.shed = True
-        log.error(
-            "store_buffer_full buffered=%d bound=%d: stopping the agents until the journal is back",
-            len(self._unsent),
-            store.bound,
-        )
         now = self._clock.now()
-        self._fold(
+        self._buffer.fold(
             [
                 AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.STORE_OUTAGE)
                 for aid, attempt in self.state.running.items()
@@ -533,72 +406,12 @@ class Orchestrator:
         )
         self._stop_agents(StopReason.STORE_OUTAGE, started_only=True)
 
-    # -- journal ------------------------------------------------------------------------
-    async def _flush(self, *, force: bool = False) -> bool:
-        """Journal the buffer in one batch (plus the outage summary when the store was
-        down), then act on what waited for it. False: the store is (still) unavailable.
-        While it is down a try is made only when the backoff says so, or ``force``."""
-        store = self._store
-        if not force and not store.due(self._clock.monotonic()):
-            return False
-        buffered = len(self._unsent)
-        batch = list(self._unsent)
-        summary = None if store.ok else store.summary(self._clock.now(), buffered)
-        if summary is not None:
-            batch.append(summary)
-        if batch:
-            try:
-                last = await self._blocking(self._journal.append, batch)
-            except StoreError as exc:
-                if not exc.retryable:
-                    raise
-                self._store_failed(exc)
-                return False
-            del self._unsent[:buffered]
-            if summary is not None:
-                apply(self.state, summary)
-                store.recovered()
-                log.warning(
-                    "store_recovered outage_s=%.1f buffered=%d errors=%d",
-                    summary.at - summary.started_at,
-                    summary.buffered,
-                    summary.errors,
-                )
-            self._check_seq(last)
-        await self._act()
-        return True
-
-    async def _flush_or_raise(self) -> None:
-        if not await self._flush(force=True):
-            raise StoreError(f"the journal is unavailable: {self._store.last_error}")
-
-    async def _flush_before_exit(self) -> None:
-        """Flush, retrying for ``store_shutdown_wait_s`` at most."""
-        give_up_at = self._clock.monotonic() + self._shutdown_wait_s
-        while not await self._flush():
-            monotonic = self._clock.monotonic()
-            if monotonic >= give_up_at:
-                if await self._flush(force=True):  # a last try, whatever the backoff says
-                    return
-                raise StoreError(
-                    f"the journal is still unavailable ({self._store.last_error}):"
-                    f" {len(self._unsent)} events were not journaled; the next start"
-                    " recovers from the journal as after a crash",
-                    retryable=False,
-                )
-            retry_in = self._store.retry_in(monotonic) or 0.0
-            await self.pool.inbox.wait(min(retry_in, give_up_at - monotonic))
-            events, waiters = self.pool.inbox.take()
-            self._fold(events, waiters)
-
-    async def _act(self) -> None:
-        """Do what waited for the journal (called once the buffer is durable)."""
-        deferred = self._deferred
-        waiters, stops, starts = deferred.waiters, deferred.stops, deferred.starts
-        deferred.waiters, deferred.stops, deferred.starts = [], [], []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+    def _act(self) -> None:
+        """Stop and start the agents that waited for the journal (``StoreBuffer`` calls
+        this once the buffer is durable)."""
+        deferred = self._buffer.deferred
+        stops, starts = deferred.stops, deferred.starts
+        deferred.stops, deferred.starts = [], []
         for aid, reason, idle in stops:
             self._stop(aid, reason, idle)
         for start in starts:
@@ -607,59 +420,6 @@ class Orchestrator:
                 self.pool.inbox.put(_never_started(start, StopReason.SHUTDOWN, now))
             else:
                 self.pool.start(start)
-        while deferred.answers:
-            request_id, result = deferred.answers[0]
-            try:
-                await self._blocking(self._journal.finish_request, request_id, result)
-            except StoreError as exc:
-                if not exc.retryable:
-                    raise
-                self._store_failed(exc)
-                return
-            deferred.answers.pop(0)
-
-    async def _commit(self, events: list[AnyEvent]) -> None:
-        """Journal, then fold: for intents that must not be folded before they are
-        durable. The buffer goes first; raises ``StoreError`` when the store is down."""
-        await self._flush_or_raise()
-        if not events:
-            return
-        try:
-            last = await self._blocking(self._journal.append, events)
-        except StoreError as exc:
-            if exc.retryable:
-                self._store_failed(exc)
-            raise
-        for event in events:
-            apply(self.state, event)
-        self._check_seq(last)
-
-    def _store_failed(self, exc: StoreError) -> None:
-        store = self._store
-        if store.failed(exc.message, self._clock.now(), self._clock.monotonic()):
-            log.error(
-                "store_unavailable error=%r: dispatch paused, events buffered (bound %d)",
-                exc.message,
-                store.bound,
-            )
-        else:
-            log.warning(
-                "store_still_unavailable errors=%d buffered=%d error=%r",
-                store.errors,
-                len(self._unsent),
-                exc.message,
-            )
-
-    def _check_seq(self, last: int) -> None:
-        if last != self.state.seq:
-            raise StoreError(
-                f"journal sequence {last} does not match the state's {self.state.seq}:"
-                " another process wrote to the journal while this orchestrator ran",
-                retryable=False,
-            )
-
-    async def _blocking(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     def running_attempts(self) -> list[AttemptId]:
         return list(self.state.running)

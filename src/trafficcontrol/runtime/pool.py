@@ -9,14 +9,10 @@ retried); the adapter turns the cancellation into SIGTERM → grace → SIGKILL 
 process group. Whatever happens inside an adapter, exactly one ``AttemptFinished``
 leaves each task.
 
-Session rotation (``domain.rotation``). An attempt stopped with ``StopReason.ROTATE``
-is, once its agent is gone, asked for a handoff: the backend (a ``SessionHandoff``)
-resumes the session for one turn without tools, bounded by ``handoff_timeout_s``; when
-that gives nothing the backend extracts one from the attempt's log. The attempt then
-ends interrupted with the summary in ``AttemptFinished.handoff``. A second stop while
-the handoff runs (shutdown, cancel) cuts it short: the log's extract is used. The next
-attempt of the task (``interrupts.continues``) gets the rotated attempt's worktree and
-a fresh session whose prompt carries the summary.
+Session rotation: an attempt stopped with ``StopReason.ROTATE`` ends with a handoff
+(``runtime.rotation``); a later stop for another reason cuts the handoff short. Its
+task's next attempt gets the rotated attempt's worktree and a fresh session whose
+prompt (``runtime.prompts``) carries the summary.
 """
 
 from __future__ import annotations
@@ -39,50 +35,29 @@ from trafficcontrol.domain.decide import (
     Warn,
 )
 from trafficcontrol.domain.events import (
-    AgentProcessStarted,
-    AgentSessionStarted,
     AttemptDispatched,
     AttemptFinished,
     AttemptStopRequested,
     BreakerChanged,
     CapacityWarned,
     LimitCorrected,
-    RateLimitObserved,
     TaskDeferred,
     TaskWoken,
-    TurnUsageReported,
     WorkspacePrepared,
 )
-from trafficcontrol.domain.failures import DEFAULT_RULES, FailureClass, FailureRule, classify
+from trafficcontrol.domain.failures import DEFAULT_RULES, FailureRule, classify
 from trafficcontrol.domain.interrupts import continues, settings_of
-from trafficcontrol.domain.model import (
-    AttemptId,
-    FailureEvidence,
-    Outcome,
-    StopReason,
-    TaskId,
-    Usage,
-)
-from trafficcontrol.domain.records import AttemptRecord
-from trafficcontrol.domain.rotation import (
-    HANDOFF_PROMPT,
-    RotationConfig,
-    rotation_error,
-    with_handoff,
-)
+from trafficcontrol.domain.model import AttemptId, FailureEvidence, Outcome, StopReason
+from trafficcontrol.domain.rotation import RotationConfig, with_handoff
 from trafficcontrol.domain.state import State
-from trafficcontrol.domain.workflows import StepSpec, first_prompt
+from trafficcontrol.domain.workflows import StepSpec
 from trafficcontrol.errors import TrafficControlError
-from trafficcontrol.ports import (
-    AgentBackend,
-    AgentRequest,
-    Clock,
-    SessionHandoff,
-    Workspace,
-    Workspaces,
-)
+from trafficcontrol.ports import AgentBackend, AgentRequest, Clock, Workspace, Workspaces
 from trafficcontrol.runtime.handoff import check_output
 from trafficcontrol.runtime.inbox import Inbox
+from trafficcontrol.runtime.prompts import attempt_prompt, step_of
+from trafficcontrol.runtime.reporter import InboxReporter
+from trafficcontrol.runtime.rotation import Rotator
 
 log = logging.getLogger(__name__)
 
@@ -95,84 +70,6 @@ _STOPPED_OUTCOME = {
     StopReason.HUNG: Outcome.FAILED,
     StopReason.ROTATE: Outcome.INTERRUPTED,
 }
-
-
-class _Reporter:
-    __slots__ = ("_attempt_id", "_clock", "_inbox", "session_id")
-
-    def __init__(self, inbox: Inbox, clock: Clock, attempt_id: AttemptId) -> None:
-        self._inbox = inbox
-        self._clock = clock
-        self._attempt_id = attempt_id
-        self.session_id: str | None = None
-        """The agent's session, once it said (a rotation resumes it for the handoff)."""
-
-    def process_started(self, pid: int, pgid: int, create_time: float) -> None:
-        self._inbox.put(
-            AgentProcessStarted(
-                at=self._clock.now(),
-                attempt_id=self._attempt_id,
-                pid=pid,
-                pgid=pgid,
-                create_time=create_time,
-            )
-        )
-
-    def rate_limit(
-        self, window: str, status: str, utilization: float | None, resets_at: float | None
-    ) -> None:
-        self._inbox.put(
-            RateLimitObserved(
-                at=self._clock.now(),
-                attempt_id=self._attempt_id,
-                window=window,
-                status=status,
-                utilization=utilization,
-                resets_at=resets_at,
-            )
-        )
-
-    def turn_usage(self, model: str | None, usage: Usage) -> None:
-        self._inbox.put(
-            TurnUsageReported(
-                at=self._clock.now(), attempt_id=self._attempt_id, model=model, usage=usage
-            )
-        )
-
-    def session_started(self, session_id: str) -> None:
-        self.session_id = session_id
-        self._inbox.put(
-            AgentSessionStarted(
-                at=self._clock.now(), attempt_id=self._attempt_id, session_id=session_id
-            )
-        )
-
-
-def step_of(state: State, task_id: TaskId, step: str | None) -> StepSpec | None:
-    run = state.tasks[task_id].workflow_run
-    if step is None or run is None:
-        return None
-    return state.workflows[run.workflow].step(step)
-
-
-def with_feedback(state: State, task_id: TaskId) -> str:
-    """The task's prompt, plus what went wrong last time when the work itself failed
-    (class task): the next attempt should not repeat it."""
-    record = state.tasks[task_id]
-    prompt = record.spec.prompt
-    if record.feedback:
-        prompt = f"{prompt}\n\nBefore this attempt, the lead noted: {record.feedback}"
-    previous = [state.attempts[a] for a in record.attempts[:-1]]
-    if not previous:
-        return prompt
-    last = previous[-1]
-    if last.outcome is not Outcome.FAILED or last.failure_class is not FailureClass.TASK:
-        return prompt
-    error = (last.error or "it did not succeed")[:2000]
-    return (
-        f"{prompt}\n\nA previous attempt at this task (attempt {last.no}) failed: {error}\n"
-        "Take that into account."
-    )
 
 
 def classified(event: AttemptFinished, rules: Sequence[FailureRule] = ()) -> AttemptFinished:
@@ -255,7 +152,7 @@ class AgentPool:
         rotation: RotationConfig | None = None,
     ) -> None:
         self.inbox = Inbox()
-        self._rotation = rotation or RotationConfig()
+        self._rotator = Rotator(backends=backends, clock=clock, config=rotation or RotationConfig())
         self._backends = backends
         self._workspaces = workspaces
         self._clock = clock
@@ -327,14 +224,20 @@ class AgentPool:
     # -- one attempt ----------------------------------------------------------------
     async def _run(self, event: AttemptDispatched, ready_since: float | None) -> None:
         attempt_id = event.attempt_id
-        reporter = _Reporter(self.inbox, self._clock, attempt_id)
+        reporter = InboxReporter(self.inbox, self._clock, attempt_id)
         request: AgentRequest | None = None
         try:
             request, step = await self._prepare(event)
             result_event = await self._attempt(event, request, step, reporter, ready_since)
         except asyncio.CancelledError:
             if attempt_id in self._rotating:
-                result_event = await self._rotated(event, request, reporter)
+                result_event = await self._rotator.rotated(
+                    event,
+                    self.state.attempts[attempt_id],
+                    request,
+                    reporter,
+                    cut=self._stop_reasons.get(attempt_id) is not StopReason.ROTATE,
+                )
             else:
                 result_event = self._stopped(event)
         except TrafficControlError as exc:
@@ -379,76 +282,6 @@ class AgentPool:
             at=self._clock.now(), attempt_id=attempt_id, outcome=outcome, error=error
         )
 
-    async def _rotated(
-        self, event: AttemptDispatched, request: AgentRequest | None, reporter: _Reporter
-    ) -> AttemptFinished:
-        """The end of an attempt stopped for rotation, with its handoff (module notes)."""
-        _uncancel()  # the stop is handled here: what follows must be able to wait
-        attempt_id = event.attempt_id
-        attempt = self.state.attempts[attempt_id]
-        tokens, window = attempt.context_tokens, self._rotation.window_for(attempt.model)
-        backend = self._backends[event.backend]
-        summary: str | None = None
-        if isinstance(backend, SessionHandoff):
-            session_id = reporter.session_id
-            cut = self._stop_reasons.get(attempt_id) is not StopReason.ROTATE
-            if request is not None and session_id is not None and not cut:
-                summary = await self._ask_handoff(backend, request, session_id, reporter)
-            if summary is None:
-                try:
-                    summary = await asyncio.to_thread(
-                        backend.handoff_from_log, Path(event.log_path)
-                    )
-                except asyncio.CancelledError:
-                    _uncancel()
-        log.info(
-            "session_rotated attempt=%s context_tokens=%d window=%d handoff_chars=%d",
-            attempt_id,
-            tokens,
-            window,
-            len(summary or ""),
-        )
-        return AttemptFinished(
-            at=self._clock.now(),
-            attempt_id=attempt_id,
-            outcome=Outcome.INTERRUPTED,
-            error=rotation_error(tokens, window),
-            session_id=reporter.session_id,
-            handoff=summary,
-        )
-
-    async def _ask_handoff(
-        self, backend: SessionHandoff, request: AgentRequest, session_id: str, reporter: _Reporter
-    ) -> str | None:
-        """The stopped session's own handoff; None when it gives none in time."""
-        timeout = self._rotation.handoff_timeout_s
-        try:
-            return await asyncio.wait_for(
-                backend.handoff(request, session_id, HANDOFF_PROMPT, reporter), timeout
-            )
-        except asyncio.CancelledError:  # stopped again (shutdown, cancel): no more waiting
-            _uncancel()
-            reason = "stopped"
-        except TimeoutError:
-            reason = f"no answer within {timeout:g}s"
-        except TrafficControlError as exc:
-            reason = exc.message
-        except Exception as exc:  # an adapter bug must not lose the attempt's end
-            log.exception("handoff_crashed attempt=%s", request.attempt_id)
-            reason = repr(exc)
-        log.warning("handoff_missing attempt=%s reason=%s", request.attempt_id, reason)
-        return None
-
-    async def _handoff_of(self, rotated: AttemptRecord) -> str | None:
-        """The rotated attempt's journaled handoff, else one extracted from its log (the
-        orchestrator died before it could journal one)."""
-        if rotated.handoff:
-            return rotated.handoff
-        backend = self._backends.get(rotated.backend)
-        if not isinstance(backend, SessionHandoff):
-            return None
-        return await asyncio.to_thread(backend.handoff_from_log, Path(rotated.log_path))
-
     async def _prepare(self, event: AttemptDispatched) -> tuple[AgentRequest, StepSpec | None]:
         """The attempt's workspace and its fully resolved request."""
         state = self.state
@@ -484,15 +317,11 @@ class AgentPool:
                 settings = msgspec.structs.replace(settings, command=settings.resume_command)
             resume_session_id = resumed.session_id
         step = step_of(state, spec.id, event.step)
-        prompt = spec.prompt if resumed is not None else with_feedback(state, spec.id)
-        if step is not None:
-            run = state.tasks[spec.id].workflow_run
-            assert run is not None
-            prompt = first_prompt(state.workflows[run.workflow], run, spec.title, spec.prompt, step)
-            if step.tools is not None:
-                settings = msgspec.structs.replace(settings, allowed_tools=list(step.tools))
+        prompt = attempt_prompt(state, spec.id, step, resumed=resumed is not None)
+        if step is not None and step.tools is not None:
+            settings = msgspec.structs.replace(settings, allowed_tools=list(step.tools))
         if rotated is not None:
-            summary = await self._handoff_of(rotated)
+            summary = await self._rotator.handoff_of(rotated)
             if summary:
                 prompt = with_handoff(prompt, summary)
         request = AgentRequest(
@@ -516,7 +345,7 @@ class AgentPool:
         event: AttemptDispatched,
         request: AgentRequest,
         step: StepSpec | None,
-        reporter: _Reporter,
+        reporter: InboxReporter,
         ready_since: float | None,
     ) -> AttemptFinished:
         backend = self._backends[event.backend]
@@ -540,10 +369,3 @@ class AgentPool:
                 else None
             ),
         )
-
-
-def _uncancel() -> None:
-    """Forget the cancellations this task has received (it handled them)."""
-    task = asyncio.current_task()
-    while task is not None and task.cancelling():
-        task.uncancel()

@@ -6,8 +6,8 @@ journal alone, so they live in the shell; the orchestrator asks them and acts.
 ``StoreWatch`` keeps the store's side of an outage: since when, how many writes
 failed, the last error, when to try again (exponential backoff from
 ``FIRST_RETRY_S`` up to ``retry_max_s``; one process retrying needs no jitter). The
-buffer of events itself stays with the orchestrator, which owns the fold. A store
-outage cannot be journaled while it lasts, so the watch hands the orchestrator one
+buffer of events itself is ``runtime.store_buffer``'s, which folds them. A store
+outage cannot be journaled while it lasts, so the watch hands the buffer one
 ``StoreOutage`` summary to journal with the buffered events when the store is back.
 
 ``HungWatch`` treats an attempt as hung when its log file (every adapter streams to
