@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench.backlogs import pick, sim_backlog, sim_task
 from trafficcontrol.domain.capacity.families import ModelFamily, model_family
 from trafficcontrol.domain.capacity.plans import FamilyPlan, SharedLimits, SubscriptionPlan
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
@@ -37,13 +38,8 @@ from trafficcontrol.domain.capacity.windows import WEEK_S, WeeklyReset
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.events import AttemptDispatched, AttemptFinished, TaskDeferred
 from trafficcontrol.domain.model import (
-    AgentSettings,
     Difficulty,
-    ProjectId,
-    ProjectSpec,
     SimSettings,
-    TaskId,
-    TaskSpec,
     TaskState,
 )
 from trafficcontrol.domain.requests import SubmitRequest
@@ -79,12 +75,7 @@ def backlog(n: int, seed: int, *, model: str | None = None) -> SubmitRequest:
     rng = random.Random(seed)
     tasks = []
     for i in range(n):
-        roll, needs = rng.random(), Difficulty.NORMAL
-        for difficulty, share in MIX:
-            if roll < share:
-                needs = difficulty
-                break
-            roll -= share
+        needs = pick(rng.random(), MIX, Difficulty.NORMAL)
         hint = needs if rng.random() < HINTED else None
         sim = SimSettings(
             duration_s=1200.0,
@@ -94,22 +85,11 @@ def backlog(n: int, seed: int, *, model: str | None = None) -> SubmitRequest:
             needs=needs,
             seed=i,
         )
+        prompt = f"simulated task {i} ({needs.value})"
         tasks.append(
-            TaskSpec(
-                id=TaskId(f"t{i:04}"),
-                project=ProjectId("p"),
-                title=f"task {i}",
-                prompt=f"simulated task {i} ({needs.value})",
-                difficulty=hint,
-                max_attempts=3,
-                retry_backoff_s=60.0,
-                settings=AgentSettings(sim=sim),
-            )
+            sim_task(i, prompt, sim, difficulty=hint, max_attempts=3, retry_backoff_s=60.0)
         )
-    project = ProjectSpec(
-        id=ProjectId("p"), path="/virtual/p", is_git=True, agent="sim", model=model
-    )
-    return SubmitRequest(source="bench", projects=[project], tasks=tasks)
+    return sim_backlog(tasks, model=model)
 
 
 @dataclass

@@ -41,6 +41,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.backlogs import sim_backlog, sim_task
 from trafficcontrol.domain.breakers import BreakerState
 from trafficcontrol.domain.capacity.families import model_family
 from trafficcontrol.domain.decide import SchedulerConfig
@@ -52,7 +53,6 @@ from trafficcontrol.domain.events import (
 )
 from trafficcontrol.domain.failures import FailureClass
 from trafficcontrol.domain.model import (
-    AgentSettings,
     Difficulty,
     ProjectId,
     ProjectSpec,
@@ -72,19 +72,16 @@ REAL_OUTAGE = (30.0, 330.0)
 
 def backlog(n: int, *, hard_every: int = 0, duration_s: float = 120.0) -> SubmitRequest:
     tasks = [
-        TaskSpec(
-            id=TaskId(f"t{i:04}"),
-            project=ProjectId("p"),
-            title=f"task {i}",
-            prompt=f"simulated task {i}",
+        sim_task(
+            i,
+            f"simulated task {i}",
+            SimSettings(duration_s=duration_s, jitter=0.5, seed=i),
             difficulty=Difficulty.HARD if hard_every and i % hard_every == 0 else None,
             retry_backoff_s=5.0,
-            settings=AgentSettings(sim=SimSettings(duration_s=duration_s, jitter=0.5, seed=i)),
         )
         for i in range(n)
     ]
-    project = ProjectSpec(id=ProjectId("p"), path="/virtual/p", is_git=True, agent="sim")
-    return SubmitRequest(source="bench", projects=[project], tasks=tasks)
+    return sim_backlog(tasks)
 
 
 def transient_report(seed: int, n_tasks: int, rate: float) -> dict[str, object]:

@@ -26,6 +26,7 @@ import random
 import sys
 from collections.abc import Sequence
 
+from bench.backlogs import pick, sim_backlog, sim_task
 from trafficcontrol.adapters.workflow_files import bundled_workflows, parse_workflow
 from trafficcontrol.domain.context import Category, ContextBudget, Estimator, Warned
 from trafficcontrol.domain.decide import SchedulerConfig
@@ -35,12 +36,7 @@ from trafficcontrol.domain.events import (
     BacklogSubmitted,
 )
 from trafficcontrol.domain.model import (
-    AgentSettings,
-    ProjectId,
-    ProjectSpec,
     SimSettings,
-    TaskId,
-    TaskSpec,
     TaskState,
 )
 from trafficcontrol.domain.requests import SubmitRequest
@@ -87,30 +83,14 @@ def backlog(n: int, seed: int) -> SubmitRequest:
     )
     tasks = []
     for i in range(n):
-        roll, chosen = rng.random(), None
-        for name, share in choices:
-            if roll < share:
-                chosen = name
-                break
-            roll -= share
+        chosen = pick(rng.random(), choices, None)
         words = " ".join(f"detail{rng.randrange(10**4)}" for _ in range(rng.randrange(20, 80)))
         sim = SimSettings(
             duration_s=600.0, tokens_in=20_000, reject_rate=0.15, failure_rate=0.05, seed=i
         )
-        tasks.append(
-            TaskSpec(
-                id=TaskId(f"t{i:04}"),
-                project=ProjectId("p"),
-                title=f"task {i}",
-                prompt=f"Change component {i}: {words}.",
-                workflow=chosen,
-                max_attempts=3,
-                settings=AgentSettings(sim=sim),
-            )
-        )
-    project = ProjectSpec(id=ProjectId("p"), path="/virtual/p", is_git=True, agent="sim")
-    workflows = [*bundled.values(), custom]
-    return SubmitRequest(source="bench", projects=[project], tasks=tasks, workflows=workflows)
+        prompt = f"Change component {i}: {words}."
+        tasks.append(sim_task(i, prompt, sim, workflow=chosen, max_attempts=3))
+    return sim_backlog(tasks, workflows=[*bundled.values(), custom])
 
 
 def lead_report(sim: Simulator) -> dict[str, object]:

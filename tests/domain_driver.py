@@ -36,8 +36,10 @@ from trafficcontrol.domain.events import (
 from trafficcontrol.domain.model import (
     AttemptId,
     Outcome,
+    ProjectId,
     ProjectSpec,
     StopReason,
+    TaskId,
     TaskSpec,
     TaskState,
 )
@@ -60,6 +62,27 @@ def apply_decision(state: State, decision: Decision, now: float) -> list[AnyEven
     for event in events:
         apply(state, event)
     return events
+
+
+VIRTUAL_PROJECT = ProjectSpec(id=ProjectId("p"), path="/virtual/p", is_git=True, max_attempts=3)
+"""A git project that exists only in virtual time."""
+
+
+def virtual_task(tid: str, **fields: Any) -> TaskSpec:
+    """A task of ``VIRTUAL_PROJECT`` titled by its id (prompt "do it" unless given)."""
+    fields.setdefault("prompt", "do it")
+    return TaskSpec(id=TaskId(tid), project=VIRTUAL_PROJECT.id, title=tid, **fields)
+
+
+def decide_and_apply(
+    state: State, now: float, config: SchedulerConfig, journal: list[AnyEvent] | None = None
+) -> list[Command]:
+    """One scheduler pass: decide, journal-and-apply its commands (into ``journal`` too)."""
+    decision = decide(state, now, config)
+    events = apply_decision(state, decision, now)
+    if journal is not None:
+        journal.extend(events)
+    return decision.commands
 
 
 def roundtrip(events: Sequence[AnyEvent]) -> list[AnyEvent]:

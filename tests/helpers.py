@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from trafficcontrol.bootstrap import App, Home
 from trafficcontrol.domain.events import AnyEvent, AttemptDispatched, AttemptFinished
 from trafficcontrol.domain.model import (
     AgentSettings,
+    AttemptId,
     ProjectId,
     ProjectSpec,
     SimSettings,
@@ -22,6 +24,7 @@ from trafficcontrol.domain.model import (
     TaskSpec,
 )
 from trafficcontrol.domain.requests import SubmitRequest
+from trafficcontrol.ports import AgentRequest
 from trafficcontrol.settings import RunSettings, Settings
 
 AGENT = str(Path(__file__).parent / "agents" / "agent.py")
@@ -29,6 +32,58 @@ AGENT = str(Path(__file__).parent / "agents" / "agent.py")
 
 def agent_argv(*flags: str) -> list[str]:
     return [sys.executable, AGENT, *flags]
+
+
+class FixedClock:
+    """The adapter reads ``now`` from its clock; nothing here depends on its value."""
+
+    def now(self) -> float:
+        return 1_800_000_000.0
+
+    def monotonic(self) -> float:
+        return 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+def agent_request(
+    tmp_path: Path,
+    *,
+    title: str,
+    prompt: str,
+    settings: AgentSettings,
+    model: str | None,
+    workdir: Path | None = None,
+    log_name: str = "a1.jsonl",
+) -> AgentRequest:
+    """Attempt a1 of task t1 in project p1, logging under ``tmp_path/logs``."""
+    return AgentRequest(
+        attempt_id=AttemptId("a1"),
+        task_id=TaskId("t1"),
+        project_id=ProjectId("p1"),
+        attempt_no=1,
+        title=title,
+        prompt=prompt,
+        workdir=workdir or tmp_path,
+        log_path=tmp_path / "logs" / log_name,
+        model=model,
+        settings=settings,
+    )
+
+
+def claude_request(tmp_path: Path, **env: str) -> AgentRequest:
+    return agent_request(
+        tmp_path,
+        title="hello",
+        prompt="Say hello",
+        model="sonnet",
+        settings=AgentSettings(allowed_tools=["Write"], env=env or None),
+    )
+
+
+def log_records(request: AgentRequest) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in request.log_path.read_text().splitlines()]
 
 
 def make_app(root: Path, **run: Any) -> App:
@@ -73,6 +128,11 @@ def journal_events(home: Path) -> list[AnyEvent]:
         return [event for _seq, event in journal.read()]
     finally:
         journal.close()
+
+
+def events_of(events: list[AnyEvent], kind: type[Any], attempt_id: str) -> list[Any]:
+    """The events of one type that belong to one attempt, in order."""
+    return [e for e in events if isinstance(e, kind) and e.attempt_id == attempt_id]
 
 
 def max_concurrency(events: list[AnyEvent], key: Any = None) -> dict[Any, int]:

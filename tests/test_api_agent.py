@@ -8,13 +8,12 @@ talks HTTP to ``tests/provider``; its hidden limit plays a provider that refuses
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import pytest
 
+from tests.helpers import FixedClock, agent_request, claude_request, log_records
 from tests.provider.server import (
     REDACTED,
     TEST_API_KEY,
@@ -28,11 +27,8 @@ from trafficcontrol.adapters.agents.anthropic_api import DEFAULT_MODEL, ApiBacke
 from trafficcontrol.adapters.agents.claude_sdk import ClaudeBackend
 from trafficcontrol.domain.model import (
     AgentSettings,
-    AttemptId,
     FailureEvidence,
     Outcome,
-    ProjectId,
-    TaskId,
     Usage,
 )
 from trafficcontrol.errors import AgentError, ConfigError
@@ -46,33 +42,16 @@ provider's epoch header says it."""
 SECRET_KEY = "sk-ant-api03-not-a-real-key-0123456789"
 
 
-class FixedClock:
-    """The adapter reads ``now`` from its clock; nothing here depends on its value."""
-
-    def now(self) -> float:
-        return 1_800_000_000.0
-
-    def monotonic(self) -> float:
-        return 0.0
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-
 def make_request(
     tmp_path: Path, *, model: str | None = MODEL, system_prompt: str | None = None
 ) -> AgentRequest:
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
-    return AgentRequest(
-        attempt_id=AttemptId("a1"),
-        task_id=TaskId("t1"),
-        project_id=ProjectId("p1"),
-        attempt_no=1,
+    return agent_request(
+        tmp_path,
         title="review",
         prompt="Review the change",
         workdir=workdir,
-        log_path=tmp_path / "logs" / "a1.jsonl",
         model=model,
         settings=AgentSettings(system_prompt=system_prompt),
     )
@@ -81,10 +60,6 @@ def make_request(
 def backend(provider: ProviderServer, **environ: str) -> ApiBackend:
     env = {"ANTHROPIC_BASE_URL": provider.url, "ANTHROPIC_API_KEY": TEST_API_KEY, **environ}
     return ApiBackend(environ=env, clock=FixedClock())
-
-
-def log_records(request: AgentRequest) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in request.log_path.read_text().splitlines()]
 
 
 # -- the api backend -------------------------------------------------------------------------
@@ -309,18 +284,7 @@ async def test_claude_codes_refusal_on_a_limit_is_a_limit_hit(
 ) -> None:
     # x-should-retry: false makes the CLI give up at once instead of retrying for minutes.
     provider.set_hidden_limit(0, resets_at=RESETS_AT)
-    request = AgentRequest(
-        attempt_id=AttemptId("a1"),
-        task_id=TaskId("t1"),
-        project_id=ProjectId("p1"),
-        attempt_no=1,
-        title="hello",
-        prompt="Say hello",
-        workdir=tmp_path,
-        log_path=tmp_path / "logs" / "a1.jsonl",
-        model="sonnet",
-        settings=AgentSettings(allowed_tools=["Write"]),
-    )
+    request = claude_request(tmp_path)
 
     result = await ClaudeBackend(environ=claude_env).run(request, RecordingReporter())
 

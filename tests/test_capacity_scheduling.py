@@ -9,7 +9,9 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.domain_driver import apply_decision, canonical, replay
+from tests.domain_driver import VIRTUAL_PROJECT as PROJECT
+from tests.domain_driver import canonical, decide_and_apply, replay
+from tests.domain_driver import virtual_task as task
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.capacity.families import ModelFamily
 from trafficcontrol.domain.capacity.plans import (
@@ -42,8 +44,6 @@ from trafficcontrol.domain.model import (
     Difficulty,
     LimitHit,
     Outcome,
-    ProjectId,
-    ProjectSpec,
     TaskId,
     TaskSpec,
     TaskState,
@@ -51,15 +51,9 @@ from trafficcontrol.domain.model import (
 )
 from trafficcontrol.domain.state import State, apply
 
-PROJECT = ProjectSpec(id=ProjectId("p"), path="/virtual/p", is_git=True, max_attempts=3)
 SESSION_ALL = Window(kind=WindowKind.SESSION)
 CONFIG = SchedulerConfig(max_agents=10)
 T0 = 1_000_000.0
-
-
-def task(tid: str, **fields: Any) -> TaskSpec:
-    fields.setdefault("prompt", "do it")
-    return TaskSpec(id=TaskId(tid), project=PROJECT.id, title=tid, **fields)
 
 
 def plan_state(
@@ -78,11 +72,7 @@ def plan_state(
 
 
 def run_pass(state: State, now: float, journal: list[AnyEvent] | None = None) -> list[Any]:
-    decision = decide(state, now, CONFIG)
-    events = apply_decision(state, decision, now)
-    if journal is not None:
-        journal.extend(events)
-    return decision.commands
+    return decide_and_apply(state, now, CONFIG, journal)
 
 
 def sonnet_units(state: State) -> float:

@@ -25,14 +25,13 @@ import psutil
 import pytest
 
 from tests.cli_helpers import TC
-from tests.helpers import git_repo, journal_events, submit, task
+from tests.helpers import events_of, git_repo, journal_events, submit, task
 from tests.provider.server import Fault, ProviderServer, RecordedRequest, Turn, text, tool
 from trafficcontrol.adapters.agents.process_group import group_alive, kill_leftover_group
 from trafficcontrol.bootstrap import App, Home
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
     AgentSessionStarted,
-    AnyEvent,
     AttemptDispatched,
     AttemptFinished,
     WorkspacePrepared,
@@ -64,10 +63,6 @@ def wait_for_events(home: Path, predicate: Any, what: str, timeout_s: float = 30
             return
         time.sleep(0.05)  # the other process gives no signal to wait on
     raise AssertionError(f"journal: {what} not seen within {timeout_s}s")
-
-
-def of_attempt(events: list[AnyEvent], kind: type[Any], attempt_id: str) -> list[Any]:
-    return [e for e in events if isinstance(e, kind) and e.attempt_id == attempt_id]
 
 
 def tool_results(request: RecordedRequest) -> list[str]:
@@ -143,8 +138,8 @@ def kill_and_restart(
         wait_for_events(
             home,
             lambda ev: (
-                of_attempt(ev, AgentSessionStarted, "hello#1")
-                and of_attempt(ev, AgentProcessStarted, "hello#1")
+                events_of(ev, AgentSessionStarted, "hello#1")
+                and events_of(ev, AgentProcessStarted, "hello#1")
             ),
             "hello#1's session and process",
         )
@@ -153,10 +148,10 @@ def kill_and_restart(
         out, err = first.communicate(timeout=30)
     assert first.returncode == -signal.SIGKILL, (out, err)
     before = journal_events(home)
-    (session1,) = of_attempt(before, AgentSessionStarted, "hello#1")
-    (process1,) = of_attempt(before, AgentProcessStarted, "hello#1")
+    (session1,) = events_of(before, AgentSessionStarted, "hello#1")
+    (process1,) = events_of(before, AgentProcessStarted, "hello#1")
     leftovers.append(process1)
-    assert not of_attempt(before, AttemptFinished, "hello#1")
+    assert not events_of(before, AttemptFinished, "hello#1")
     assert written.read_text() == CONTENT
     # The CLI outlived tc (own process group) and still waits on the model.
     assert group_alive(process1.pgid)
@@ -178,16 +173,16 @@ def kill_and_restart(
     assert not _alive(process1.pid, process1.create_time)
 
     events = journal_events(home)
-    (end1,) = of_attempt(events, AttemptFinished, "hello#1")
+    (end1,) = events_of(events, AttemptFinished, "hello#1")
     assert end1.outcome is Outcome.INTERRUPTED
     assert end1.error is not None and "leftover process group was killed" in end1.error
-    (dispatch2,) = of_attempt(events, AttemptDispatched, "hello#2")
+    (dispatch2,) = events_of(events, AttemptDispatched, "hello#2")
     assert dispatch2.resume_of == "hello#1"
-    (ws1,) = of_attempt(events, WorkspacePrepared, "hello#1")
-    (ws2,) = of_attempt(events, WorkspacePrepared, "hello#2")
+    (ws1,) = events_of(events, WorkspacePrepared, "hello#1")
+    (ws2,) = events_of(events, WorkspacePrepared, "hello#2")
     assert ws2.path == ws1.path == str(worktree)
-    sessions2 = [e.session_id for e in of_attempt(events, AgentSessionStarted, "hello#2")]
-    (end2,) = of_attempt(events, AttemptFinished, "hello#2")
+    sessions2 = [e.session_id for e in events_of(events, AgentSessionStarted, "hello#2")]
+    (end2,) = events_of(events, AttemptFinished, "hello#2")
     assert end2.outcome is Outcome.SUCCEEDED, end2
     assert sessions2 == [session1.session_id]
     assert end2.session_id == session1.session_id

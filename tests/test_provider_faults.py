@@ -17,8 +17,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from tests.helpers import FixedClock, agent_request, claude_request, log_records
 from tests.provider.server import Fault, FaultKind, ProviderServer, TurnUsage, text
-from tests.test_api_agent import MODEL, FixedClock, log_records, make_request
+from tests.test_api_agent import MODEL, make_request
 from trafficcontrol.adapters.agents.anthropic_api import DEFAULT_IDLE_TIMEOUT_S, ApiBackend
 from trafficcontrol.adapters.agents.claude_sdk import AttemptStream, ClaudeBackend, JsonlLog
 from trafficcontrol.adapters.agents.command import CommandBackend
@@ -26,11 +27,8 @@ from trafficcontrol.adapters.agents.limit_errors import shorten
 from trafficcontrol.domain.failures import FailureClass, classify
 from trafficcontrol.domain.model import (
     AgentSettings,
-    AttemptId,
     FailureEvidence,
     Outcome,
-    ProjectId,
-    TaskId,
     Usage,
 )
 from trafficcontrol.ports import AgentRequest, AgentResult
@@ -217,21 +215,6 @@ async def test_after_a_fault_the_next_attempt_gets_the_turn(
 
 
 # -- the claude backend: one request per attempt -------------------------------------------
-def claude_request(tmp_path: Path, **env: str) -> AgentRequest:
-    return AgentRequest(
-        attempt_id=AttemptId("a1"),
-        task_id=TaskId("t1"),
-        project_id=ProjectId("p1"),
-        attempt_no=1,
-        title="hello",
-        prompt="Say hello",
-        workdir=tmp_path,
-        log_path=tmp_path / "logs" / "a1.jsonl",
-        model="sonnet",
-        settings=AgentSettings(allowed_tools=["Write"], env=env or None),
-    )
-
-
 CLAUDE_CASES = {
     # The CLI reports what it saw: the status when there was one, its own error kind.
     "529 overloaded": (Fault.http(529, times=TIMES), 529, "server_error"),
@@ -324,15 +307,11 @@ def test_an_sdk_failure_other_than_an_exit_names_its_exception(tmp_path: Path) -
 
 
 def command_request(tmp_path: Path, *command: str) -> AgentRequest:
-    return AgentRequest(
-        attempt_id=AttemptId("a1"),
-        task_id=TaskId("t1"),
-        project_id=ProjectId("p1"),
-        attempt_no=1,
+    return agent_request(
+        tmp_path,
         title="cmd",
         prompt="do it",
-        workdir=tmp_path,
-        log_path=tmp_path / "logs" / "a1.log",
+        log_name="a1.log",
         model=None,
         settings=AgentSettings(command=list(command)),
     )

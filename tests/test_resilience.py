@@ -7,7 +7,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.domain_driver import apply_decision, canonical, replay
+from tests.domain_driver import VIRTUAL_PROJECT as PROJECT
+from tests.domain_driver import canonical, decide_and_apply, replay
+from tests.domain_driver import virtual_task as task
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.breakers import BreakerPolicy, BreakerState
 from trafficcontrol.domain.decide import ChangeBreaker, SchedulerConfig, decide
@@ -24,8 +26,6 @@ from trafficcontrol.domain.model import (
     Difficulty,
     FailureEvidence,
     Outcome,
-    ProjectId,
-    ProjectSpec,
     TaskId,
     TaskSpec,
     TaskState,
@@ -36,7 +36,6 @@ from trafficcontrol.domain.state import State, apply
 from trafficcontrol.runtime.pool import classified
 from trafficcontrol.runtime.prompts import with_feedback
 
-PROJECT = ProjectSpec(id=ProjectId("p"), path="/virtual/p", is_git=True, max_attempts=3)
 CONFIG = SchedulerConfig(max_agents=10)
 
 
@@ -100,11 +99,6 @@ def test_full_jitter_stays_within_its_ceiling_and_honours_retry_after() -> None:
     assert full_jitter_delay(5.0, 1, 600.0, "t:1") == full_jitter_delay(5.0, 1, 600.0, "t:1")
 
 
-def task(tid: str, **fields: Any) -> TaskSpec:
-    fields.setdefault("prompt", "do it")
-    return TaskSpec(id=TaskId(tid), project=PROJECT.id, title=tid, **fields)
-
-
 def start(*tasks: TaskSpec) -> tuple[State, list[AnyEvent]]:
     state = State()
     journal: list[AnyEvent] = [
@@ -115,9 +109,7 @@ def start(*tasks: TaskSpec) -> tuple[State, list[AnyEvent]]:
 
 
 def step(state: State, journal: list[AnyEvent], now: float) -> list[Any]:
-    decision = decide(state, now, CONFIG)
-    journal.extend(apply_decision(state, decision, now))
-    return decision.commands
+    return decide_and_apply(state, now, CONFIG, journal)
 
 
 def fail(

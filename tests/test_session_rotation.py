@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.domain_driver import apply_decision, canonical, replay, roundtrip
-from tests.helpers import git_repo, journal_events, run_until_idle, submit, task
+from tests.helpers import events_of, git_repo, journal_events, run_until_idle, submit, task
 from tests.provider.server import (
     Fault,
     ProviderServer,
@@ -346,10 +346,6 @@ def test_context_settings_reach_the_scheduler(tmp_path: Path) -> None:
 # -- end to end: the real Claude Code CLI ---------------------------------------------------
 SUMMARY = "Done: one.txt written. Left: two.txt. Decision: plain text files. Open: none."
 PREAMBLE = "Now the second file."
-
-
-def events_of(events: list[AnyEvent], kind: type[Any], attempt_id: str) -> list[Any]:
-    return [e for e in events if isinstance(e, kind) and e.attempt_id == attempt_id]
 
 
 def tool_use_ids(request: RecordedRequest) -> list[str]:

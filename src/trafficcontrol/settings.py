@@ -84,9 +84,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)
     """Which model each attempt runs on (see README, Model routing)."""
     resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
+    """Retries, circuit breakers and extra failure rules (see README, Failures)."""
     lead: LeadSettings = msgspec.field(default_factory=LeadSettings)
     """The optional lead agent (off unless ``model`` is set)."""
-    """Retries, circuit breakers and extra failure rules (see README, Failures)."""
     context: RotationConfig = msgspec.field(default_factory=RotationConfig)
     """Workers' context windows and when their sessions rotate (``domain.rotation``)."""
 

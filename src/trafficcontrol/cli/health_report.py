@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from trafficcontrol.cli.formats import countdown, stamp
-from trafficcontrol.cli.views import breaker_text, next_probe_at
+from trafficcontrol.cli.views import breaker_text, next_probe_at, wait_dict, waiting_records
 from trafficcontrol.domain.breakers import BreakerRecord, BreakerState, key_for
 from trafficcontrol.domain.capacity.routing import shift_down
 from trafficcontrol.domain.decide import SchedulerConfig, route_for
@@ -190,16 +190,8 @@ def waiting(state: State, now: float) -> tuple[list[dict[str, Any]], list[dict[s
     failures). A task backing off after its own work failed is neither."""
     capacity: list[dict[str, Any]] = []
     backoff: list[dict[str, Any]] = []
-    records = [r for r in state.tasks.values() if r.state is TaskState.WAITING]
-    records.sort(key=lambda r: (r.retry_at is None, r.retry_at or 0.0))
-    for record in records:
-        item = {
-            "task": record.spec.id,
-            "reason": record.wait_reason,
-            "until": stamp(record.retry_at),
-            "in_s": None if record.retry_at is None else max(record.retry_at - now, 0.0),
-            "transient_failures": record.transient_failures,
-        }
+    for record in waiting_records(state):
+        item = {**wait_dict(record, now), "transient_failures": record.transient_failures}
         if (record.wait_reason or "").startswith("capacity"):
             capacity.append(item)
         elif last_class(state, record) in _BACKOFF:

@@ -167,20 +167,26 @@ def usage_by_model(state: State) -> dict[str, dict[str, Any]]:
     }
 
 
-def waiting_list(state: State, now: float) -> list[dict[str, Any]]:
-    """Waiting tasks, soonest first: why and until when."""
+def waiting_records(state: State) -> list[TaskRecord]:
+    """Waiting tasks, soonest first (those with no time last)."""
     records = [r for r in state.tasks.values() if r.state is TaskState.WAITING]
     records.sort(key=lambda r: (r.retry_at is None, r.retry_at or 0.0))
-    return [
-        {
-            "task": r.spec.id,
-            "reason": r.wait_reason,
-            "until": stamp(r.retry_at),
-            "in_s": None if r.retry_at is None else max(r.retry_at - now, 0.0),
-            "text": wait_text(r, now),
-        }
-        for r in records
-    ]
+    return records
+
+
+def wait_dict(record: TaskRecord, now: float) -> dict[str, Any]:
+    """Why a waiting task waits and until when, for JSON."""
+    return {
+        "task": record.spec.id,
+        "reason": record.wait_reason,
+        "until": stamp(record.retry_at),
+        "in_s": None if record.retry_at is None else max(record.retry_at - now, 0.0),
+    }
+
+
+def waiting_list(state: State, now: float) -> list[dict[str, Any]]:
+    """Waiting tasks, soonest first: why and until when."""
+    return [{**wait_dict(r, now), "text": wait_text(r, now)} for r in waiting_records(state)]
 
 
 def next_probe_at(record: BreakerRecord, policy: BreakerPolicy) -> float | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from trafficcontrol.bootstrap import App
 from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, fail, make_app, out
 from trafficcontrol.domain.model import TaskId
 from trafficcontrol.domain.workflows import WorkflowRun, WorkflowSpec, mermaid
@@ -17,9 +18,9 @@ from trafficcontrol.errors import TrafficControlError
 workflow_app = typer.Typer(help="Workflow templates: list them, show one or a task's run.")
 
 
-def _templates(home: Any) -> dict[str, WorkflowSpec]:
+def _templates(app_: App) -> dict[str, WorkflowSpec]:
     try:
-        return make_app(home).workflows()
+        return app_.workflows()
     except TrafficControlError as exc:
         fail(exc.message)
 
@@ -27,7 +28,7 @@ def _templates(home: Any) -> dict[str, WorkflowSpec]:
 @workflow_app.command("list")
 def list_workflows(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Bundled workflows and the user's (<home>/workflows/*.toml)."""
-    workflows = _templates(home)
+    workflows = _templates(make_app(home))
     if as_json:
         emit_json([msgspec.to_builtins(w) for w in workflows.values()])
         return
@@ -98,7 +99,7 @@ def show_workflow(
             run = record.workflow_run
             spec = state.workflows[run.workflow]
     if spec is None:
-        workflows = _templates(home)
+        workflows = _templates(app_)
         spec = workflows.get(name)
         if spec is None:
             fail(f"no workflow or task {name!r} (workflows: {', '.join(sorted(workflows))})")

@@ -288,9 +288,10 @@ def _dispatches(state: State, now: float, config: SchedulerConfig) -> list[Comma
                 break
             continue
         locks.try_take(resources)
-        breaker_key = key_for(backend, chosen.family.value)
-        if state.resilience.is_probe(breaker_key):
-            probing.add(breaker_key)
+        if state.resilience.breakers:
+            breaker_key = key_for(backend, chosen.family.value)
+            if state.resilience.is_probe(breaker_key):
+                probing.add(breaker_key)
         key = model_key(chosen.model)
         by_project[project.id] = by_project.get(project.id, 0) + 1
         by_model[key] = by_model.get(key, 0) + 1
@@ -327,6 +328,8 @@ def _breaker_route(
 ) -> Route | None:
     """``chosen``, or a tier down when its breaker is open; None: nowhere to go now."""
     resilience = state.resilience
+    if not resilience.breakers:
+        return chosen
     while True:
         key = key_for(backend, chosen.family.value)
         why = resilience.blocked(key, probing)
@@ -379,10 +382,12 @@ def decide(state: State, now: float, config: SchedulerConfig) -> Decision:
     for attempt_id in sorted(state.stops_wanted):
         commands.append(StopAttempt(attempt_id, StopReason.CANCELLED))
 
-    stopping = {c.attempt_id for c in commands if isinstance(c, StopAttempt)}
-    for attempt_id in rotation_stops(state, config.rotation):
-        if attempt_id not in stopping:  # timed out in this pass: one stop each
-            commands.append(StopAttempt(attempt_id, StopReason.ROTATE))
+    rotations = rotation_stops(state, config.rotation)
+    if rotations:
+        stopping = {c.attempt_id for c in commands if isinstance(c, StopAttempt)}
+        for attempt_id in rotations:
+            if attempt_id not in stopping:  # timed out in this pass: one stop each
+                commands.append(StopAttempt(attempt_id, StopReason.ROTATE))
 
     commands.extend(_capacity_commands(state, now))
     commands.extend(_resilience_commands(state, now))

@@ -70,7 +70,7 @@ from trafficcontrol.domain.model import (
     TaskState,
     lock_name,
 )
-from trafficcontrol.domain.state import State, apply, copy_record, model_key
+from trafficcontrol.domain.state import State, apply, copy_run, model_key
 from trafficcontrol.domain.workflows import StepOutcome, WorkflowRun, WorkflowSpec, advance
 from trafficcontrol.domain.workflows import start as start_workflow
 
@@ -93,9 +93,9 @@ class InvariantChecker:
         self._succeeded: dict[TaskId, AttemptId] = {}
         self._workflows: dict[str, WorkflowSpec] = {}
         self._runs: dict[TaskId, WorkflowRun] = {}
-        self._split: dict[TaskId, list[TaskId]] = {}
         """Shadow workflow runs: a succeeded step attempt finishes its task only when it
         completes the workflow (computed here from the events, not read from the state)."""
+        self._split: dict[TaskId, list[TaskId]] = {}
         self._exclusive: dict[str, AttemptId] = {}
         self._shared: dict[str, list[AttemptId]] = {}
         self._by_project: Counter[ProjectId] = Counter()
@@ -375,7 +375,7 @@ class InvariantChecker:
         self._workflows = dict(state.workflows)
         self._split = {t: list(r.split_into) for t, r in state.tasks.items() if r.split_into}
         self._runs = {
-            t: copy_record(r).workflow_run  # type: ignore[misc]
+            t: copy_run(r.workflow_run)
             for t, r in state.tasks.items()
             if r.workflow_run is not None
         }

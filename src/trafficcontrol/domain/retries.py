@@ -49,8 +49,7 @@ def full_jitter_delay(
     base_s: float, n: int, cap_s: float, key: str, retry_after_s: float | None = None
 ) -> float:
     """Delay before retry ``n`` (1 = the first retry)."""
-    ceiling = min(cap_s, base_s * 2.0 ** max(n - 1, 0))
-    delay = jitter(key) * ceiling
+    delay = jitter(key) * task_delay(base_s, n, cap_s)
     return max(delay, retry_after_s or 0.0)
 
 

@@ -137,10 +137,13 @@ def copy_record(record: TaskRecord) -> TaskRecord:
     return msgspec.structs.replace(
         record,
         attempts=list(record.attempts),
-        workflow_run=None
-        if run is None
-        else msgspec.convert(msgspec.to_builtins(run), WorkflowRun),
+        workflow_run=None if run is None else copy_run(run),
     )
+
+
+def copy_run(run: WorkflowRun) -> WorkflowRun:
+    """A deep copy of ``run`` (its loop counts and handoffs change in place)."""
+    return msgspec.convert(msgspec.to_builtins(run), WorkflowRun)
 
 
 def task_size(spec: TaskSpec) -> SizeBucket:
@@ -692,7 +695,6 @@ def apply(state: State, event: AnyEvent) -> State:
                 event.usage,
                 agent="lead",
             )
-
         case ResilienceConfigured():
             saved = msgspec.structs.replace(state.resilience.snapshot(), config=event.config)
             state.resilience = Resilience.restore(saved)

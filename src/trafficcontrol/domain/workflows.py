@@ -213,7 +213,7 @@ def advance(spec: WorkflowSpec, run: WorkflowRun, outcome: StepOutcome) -> Advan
     return Advance(kind="next", step=step.next)
 
 
-def step_inputs(spec: WorkflowSpec, run: WorkflowRun, step: StepSpec) -> dict[str, Any]:
+def step_inputs(run: WorkflowRun, step: StepSpec) -> dict[str, Any]:
     """The fields ``step`` receives (only those an earlier step handed off)."""
     out: dict[str, Any] = {}
     for wanted in step.inputs:
@@ -232,7 +232,7 @@ def first_prompt(
         step.role.strip(),
         f"# Task: {title}\n{prompt.strip()}",
     ]
-    inputs = step_inputs(spec, run, step)
+    inputs = step_inputs(run, step)
     if inputs:
         parts.append("# Handoff\n" + json.dumps(inputs, indent=2, sort_keys=True))
     if step.output_schema:

@@ -31,6 +31,7 @@ from trafficcontrol.domain.events import (
     AttemptFinished,
     BacklogSubmitted,
     LeadConsulted,
+    RolledBack,
     TaskRetryRequested,
     TaskSplit,
 )
@@ -44,6 +45,7 @@ from trafficcontrol.domain.model import (
     TaskState,
     Usage,
 )
+from trafficcontrol.domain.records import TaskRecord
 from trafficcontrol.domain.requests import SubmitRequest, plan_submit
 from trafficcontrol.domain.state import State
 from trafficcontrol.domain.workflows import InheritRule
@@ -106,6 +108,12 @@ class LeadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_triage: int = 1
     """Retries the lead may order per task."""
 
+    def __post_init__(self) -> None:
+        if self.window_tokens < 1:
+            raise ValueError("lead.window_tokens must be at least 1")
+        if self.max_triage < 0:
+            raise ValueError("lead.max_triage must be >= 0")
+
 
 class Lead:
     def __init__(
@@ -119,6 +127,7 @@ class Lead:
         self.budget.add("system", Category.SYSTEM, _SYSTEM, compressible=False)
         self._ids = itertools.count(1)
         self.in_flight: set[TaskId] = set()
+        self._candidates = _Candidates()
 
     def observe(self, state: State, events: list[AnyEvent]) -> None:
         """Remember what a lead should know about these (already folded) events."""
@@ -135,16 +144,23 @@ class Lead:
                     line += f" — {event.error[:200]}"
                 self.budget.add(f"result:{attempt.id}", Category.RESULTS, line)
 
+    def note(self, state: State, events: list[AnyEvent]) -> None:
+        """Keep the candidates ``wants_split``/``wants_triage`` look at current with
+        these folded events (the orchestrator passes every event it folds)."""
+        self._candidates.note(state, events)
+
     def wants_split(self, state: State) -> list[TaskId]:
         """Ready tasks marked ``split`` that the lead has not split yet."""
-        return [
-            task_id
-            for task_id, record in state.tasks.items()
-            if record.spec.split
-            and record.split_into is None
-            and record.state is TaskState.READY
-            and task_id not in self.in_flight
-        ]
+        candidates = self._candidates
+        candidates.refresh(state)
+        out = []
+        for task_id in candidates.ordered(candidates.split):
+            record = state.tasks.get(task_id)
+            if record is None or not record.spec.split or record.split_into is not None:
+                candidates.split.discard(task_id)  # only a rollback brings it back
+            elif record.state is TaskState.READY and task_id not in self.in_flight:
+                out.append(task_id)
+        return out
 
     async def split(self, state: State, task_id: TaskId, conventions: str) -> list[AnyEvent]:
         """Ask the lead to split a task; the subtasks' submission and the ``TaskSplit``."""
@@ -213,17 +229,24 @@ class Lead:
 
     def wants_triage(self, state: State) -> list[TaskId]:
         """Tasks that failed for good on their work (class task) and may get a retry."""
+        candidates = self._candidates
+        candidates.refresh(state)
         out = []
-        for task_id, record in state.tasks.items():
-            if record.state.value != "failed" or task_id in self.in_flight:
-                continue
-            if record.triaged >= self.settings.max_triage or not record.attempts:
-                continue
-            last = state.attempts[record.attempts[-1]]
-            if last.failure_class is not None and last.failure_class.value != "task":
-                continue
-            out.append(task_id)
+        for task_id in candidates.ordered(candidates.triage):
+            record = state.tasks.get(task_id)
+            if record is None or not self._triable(state, record):
+                candidates.triage.discard(task_id)  # only a new end or a rollback changes it
+            elif task_id not in self.in_flight:
+                out.append(task_id)
         return out
+
+    def _triable(self, state: State, record: TaskRecord) -> bool:
+        if record.state is not TaskState.FAILED:
+            return False
+        if record.triaged >= self.settings.max_triage or not record.attempts:
+            return False
+        last = state.attempts[record.attempts[-1]]
+        return last.failure_class is None or last.failure_class.value == "task"
 
     async def triage(self, state: State, task_id: TaskId) -> list[AnyEvent]:
         """Ask the lead about a failed task; the events its answer leads to."""
@@ -328,6 +351,54 @@ class Lead:
                 ]
             ),
         }
+
+
+class _Candidates:
+    """The tasks the lead's ``wants_*`` queries look at, kept from the folded events so a
+    loop turn costs O(candidates), not O(tasks) (DESIGN.md, "The loop").
+
+    A superset of the answers, pruned as it is read: ``split`` holds the tasks marked
+    split and not split yet; ``triage`` the tasks whose attempt ended, until they cannot
+    want a triage (a task fails only when its own attempt ends; ``triaged``, its attempts
+    and ``split_into`` change back only by a rollback). A rollback, and the first query
+    (the state was folded from the journal), rebuild both from every task. ``position``
+    is each task's place in ``state.tasks``, so answers come in the order a scan gives.
+    """
+
+    def __init__(self) -> None:
+        self.stale = True
+        self.position: dict[TaskId, int] = {}
+        self.split: set[TaskId] = set()
+        self.triage: set[TaskId] = set()
+
+    def note(self, state: State, events: list[AnyEvent]) -> None:
+        if self.stale:
+            return  # the next query rebuilds from the state
+        for event in events:
+            if isinstance(event, BacklogSubmitted):
+                for spec in event.tasks:
+                    self.position.setdefault(spec.id, len(self.position))
+                    if spec.split:
+                        self.split.add(spec.id)
+            elif isinstance(event, AttemptFinished):
+                attempt = state.attempts.get(event.attempt_id)
+                if attempt is not None:
+                    self.triage.add(attempt.task_id)
+            elif isinstance(event, RolledBack):
+                self.stale = True
+                return
+
+    def refresh(self, state: State) -> None:
+        if not self.stale:
+            return
+        self.stale = False
+        tasks = state.tasks
+        self.position = {task_id: i for i, task_id in enumerate(tasks)}
+        self.split = {t for t, r in tasks.items() if r.spec.split and r.split_into is None}
+        self.triage = {t for t, r in tasks.items() if r.state is TaskState.FAILED}
+
+    def ordered(self, task_ids: set[TaskId]) -> list[TaskId]:
+        return sorted(task_ids, key=lambda t: self.position.get(t, len(self.position)))
 
 
 class _Quiet:

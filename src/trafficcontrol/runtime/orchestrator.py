@@ -127,6 +127,7 @@ class Orchestrator:
             bound=store_buffer_events,
             retry_max_s=store_retry_max_s,
             shutdown_wait_s=store_shutdown_wait_s,
+            on_fold=None if lead is None else lead.note,
         )
         self._requests = RequestsServer(
             buffer=self._buffer, pool=self.pool, clock=clock, snapshotter=snapshotter

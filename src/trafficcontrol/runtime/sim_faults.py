@@ -45,11 +45,11 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     slow_disk_s: float = 3.0
     """A slow commit takes up to this many extra seconds (uniform)."""
     max_crashes: int = 20
+    """No orchestrator crash or store failure after this many, so every run ends."""
     transient: float = 0.0
     """Probability that an attempt fails at once with a transient provider error (529)."""
     outages: tuple[Outage, ...] = ()
     """Provider outages (attempts starting in one fail with 529)."""
-    """No orchestrator crash or store failure after this many, so every run ends."""
 
     @classmethod
     def all_on(cls) -> Faults:

@@ -57,6 +57,7 @@ from trafficcontrol.domain.requests import SubmitRequest, plan_submit
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.domain.workflows import StepOutcome
 from trafficcontrol.runtime.pool import classified, command_event
+from trafficcontrol.runtime.prompts import step_of
 from trafficcontrol.runtime.recovery import interrupt_leftovers
 from trafficcontrol.runtime.sim_agents import SimAgents, sim_settings, with_hang_timeouts
 from trafficcontrol.runtime.sim_faults import Faults, SimOptions
@@ -256,11 +257,11 @@ class Simulator:
         project = state.projects[spec.project]
         sim = sim_settings(spec, project, event.backend, self.options.mean_duration_s)
         plan = self.agents.start(event, sim, self.now, first_turn_s=self.options.first_turn_s)
-        run = state.tasks[event.task_id].workflow_run
-        if event.step is not None and run is not None:
-            schema = state.workflows[run.workflow].step(event.step).output_schema
+        step = step_of(state, event.task_id, event.step)
+        if step is not None:
             rng = random.Random(zlib.crc32(f"out:{self.seed}:{event.attempt_id}".encode()))
-            plan.step_outcome = StepOutcome(output=sample_output(schema, rng, sim.reject_rate))
+            output = sample_output(step.output_schema, rng, sim.reject_rate)
+            plan.step_outcome = StepOutcome(output=output)
         resumed = state.attempts[event.resume_of] if event.resume_of else None
         branch: str | None = None
         if resumed is not None and resumed.workdir is not None:

@@ -86,6 +86,7 @@ class StoreBuffer:
         bound: int,
         retry_max_s: float,
         shutdown_wait_s: float,
+        on_fold: Callable[[State, list[AnyEvent]], None] | None = None,
     ) -> None:
         self._journal = journal
         self._clock = clock
@@ -100,13 +101,14 @@ class StoreBuffer:
         self.unsent: list[AnyEvent] = []
         """Events folded into the state but not yet journaled, in order."""
         self.deferred = Deferred()
+        self._on_fold = on_fold
+        """Told of every batch once it is folded (the lead's candidates, ``runtime.lead``)."""
 
     def fold(
         self, events: list[AnyEvent], waiters: list[asyncio.Future[None]] | None = None
     ) -> None:
         """Fold events that are not journaled yet and buffer them for the next append."""
-        for event in events:
-            apply(self.state, event)
+        self._apply(events)
         self.unsent.extend(events)
         if waiters:
             self.deferred.waiters.extend(waiters)
@@ -147,7 +149,7 @@ class StoreBuffer:
                 return False
             del self.unsent[:buffered]
             if summary is not None:
-                apply(self.state, summary)
+                self._apply([summary])
                 store.recovered()
                 log.warning(
                     "store_recovered outage_s=%.1f buffered=%d errors=%d",
@@ -213,9 +215,14 @@ class StoreBuffer:
             if exc.retryable:
                 self.store_failed(exc)
             raise
+        self._apply(events)
+        self._check_seq(last)
+
+    def _apply(self, events: list[AnyEvent]) -> None:
         for event in events:
             apply(self.state, event)
-        self._check_seq(last)
+        if self._on_fold is not None and events:
+            self._on_fold(self.state, events)
 
     def store_failed(self, exc: StoreError) -> None:
         store = self.watch
