@@ -141,3 +141,47 @@ async def test_an_unusable_split_answer_runs_the_task_as_one(
     assert record.state is TaskState.DONE and len(record.attempts) == 1
     consult = next(e for e in journal_events(app.home.root) if isinstance(e, LeadConsulted))
     assert consult.decision == "not split (invalid answer: subtask x: unknown depends_on ['nope'])"
+
+
+async def test_an_escalation_is_asked_once_and_the_run_ends(
+    provider: ProviderServer, tmp_path: Path
+) -> None:
+    verdict = {"action": "escalate", "feedback": "The credentials are wrong; a human must fix."}
+    provider.script(text(json.dumps(verdict)), text(json.dumps(verdict)))
+    app = lead_app(tmp_path, provider)
+    work = tmp_path / "work"
+    submit(
+        app,
+        [project(work, agent="command", command=["sh", "-c", "exit 1"])],
+        [task("fetch", max_attempts=1)],
+    )
+    orchestrator = await run_until_idle(app)  # returns: the task is left to a human
+
+    record = orchestrator.state.tasks[TaskId("fetch")]
+    assert record.state is TaskState.FAILED and record.triaged == 1
+    consults = [e for e in journal_events(app.home.root) if isinstance(e, LeadConsulted)]
+    assert [c.decision for c in consults] == [f"escalate: {verdict['feedback']}"]
+    assert len(provider.message_requests) == 1
+
+
+async def test_a_lead_that_cannot_answer_leaves_the_task_to_a_human(tmp_path: Path) -> None:
+    settings = Settings(
+        run=RunSettings(grace_s=1.0, request_poll_s=0.05), lead=LeadSettings(model="sonnet")
+    )
+    # Nothing listens on this port: every consult fails to connect.
+    environ = {
+        **os.environ,
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+        "ANTHROPIC_API_KEY": TEST_API_KEY,
+    }
+    app = App(Home(tmp_path / "home"), environ=environ, settings=settings)
+    submit(
+        app,
+        [project(tmp_path / "work", agent="command", command=["sh", "-c", "exit 1"])],
+        [task("fetch", max_attempts=1)],
+    )
+    orchestrator = await run_until_idle(app)
+    record = orchestrator.state.tasks[TaskId("fetch")]
+    assert record.state is TaskState.FAILED and record.triaged == 1
+    consults = [e for e in journal_events(app.home.root) if isinstance(e, LeadConsulted)]
+    assert len(consults) == 1 and consults[0].decision.startswith("invalid: ")

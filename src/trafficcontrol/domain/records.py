@@ -46,7 +46,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     feedback: str | None = None
     """What the next attempt should know (set by a retry with feedback)."""
     triaged: int = 0
-    """How often the lead triaged this task's failure."""
+    """How often the lead was asked about this task's failure (answered or not)."""
     split_into: list[TaskId] | None = None
     """Subtasks the lead split it into (it is done when they are)."""
     transient_failures: int = 0

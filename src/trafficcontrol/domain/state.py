@@ -567,8 +567,6 @@ def _apply_retry(state: State, event: TaskRetryRequested) -> None:
         return
     record.failures = 0
     record.feedback = event.feedback
-    if event.by == "lead":
-        record.triaged += 1
     if record.workflow_run is not None:
         record.workflow_run.loops.clear()
         record.workflow_run.reask = None
@@ -695,6 +693,9 @@ def apply(state: State, event: AnyEvent) -> State:
                 event.usage,
                 agent="lead",
             )
+            triaged = state.tasks.get(event.task_id) if event.task_id is not None else None
+            if event.purpose == "triage" and triaged is not None:
+                triaged.triaged += 1  # asked once per failure, whatever the answer
         case ResilienceConfigured():
             saved = msgspec.structs.replace(state.resilience.snapshot(), config=event.config)
             state.resilience = Resilience.restore(saved)

@@ -46,6 +46,7 @@ from trafficcontrol.domain.events import (
     AttemptFinished,
     AttemptStopRequested,
     CapacityConfigured,
+    LeadConsulted,
     OrchestratorStarted,
     OrchestratorStopped,
     ResilienceConfigured,
@@ -300,10 +301,21 @@ class Orchestrator:
                 events = await lead.split(self.state, task_id, conventions)
             else:
                 events = await lead.triage(self.state, task_id)
-        except Exception:  # the lead is advice: its failure must not stop the work
+        except Exception as exc:  # the lead is advice: its failure must not stop the work
             log.exception("lead_consult_failed purpose=%s task=%s", purpose, task_id)
+            now = self._clock.now()
             if purpose == "split":  # run it as one task rather than wait for a lead
-                events = [TaskSplit(at=self._clock.now(), task_id=task_id, children=[])]
+                events = [TaskSplit(at=now, task_id=task_id, children=[])]
+            else:  # journaled as asked, so the task is left to a human, not asked again
+                events = [
+                    LeadConsulted(
+                        at=now,
+                        consult_id="failed",
+                        purpose="triage",
+                        task_id=task_id,
+                        decision=f"no answer: {type(exc).__name__}: {str(exc)[:200]}",
+                    )
+                ]
         finally:
             lead.in_flight.discard(task_id)
         for event in events:
