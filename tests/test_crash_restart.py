@@ -1,4 +1,8 @@
-"""SIGKILL of a real ``tc run`` mid-run, then a restart: every task done exactly once."""
+"""SIGKILL of a real ``tc run`` mid-run, then a restart: every task done exactly once.
+
+With supervisors (the default) the attempts the kill caught are adopted: their agents
+finish while no orchestrator runs, or under the restarted one, and none runs twice.
+Without (``supervise_agents = false``) they die with ``tc run`` and are interrupted."""
 
 from __future__ import annotations
 
@@ -15,7 +19,12 @@ import pytest
 from tests.cli_helpers import spawn_tc, tc
 from tests.helpers import AGENT, journal_events
 from trafficcontrol.domain.decide import SchedulerConfig
-from trafficcontrol.domain.events import AgentProcessStarted, AttemptDispatched, AttemptFinished
+from trafficcontrol.domain.events import (
+    AgentProcessStarted,
+    AttemptAdopted,
+    AttemptDispatched,
+    AttemptFinished,
+)
 from trafficcontrol.domain.invariants import verify_journal
 from trafficcontrol.domain.model import Outcome
 
@@ -40,7 +49,10 @@ def wait_for_done(home: Path, at_least: int, timeout_s: float = 60.0) -> int:
     raise AssertionError(f"fewer than {at_least} tasks done after {timeout_s}s")
 
 
-def test_sigkill_mid_run_then_restart_finishes_every_task_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("supervised", [True, False], ids=["supervised", "unsupervised"])
+def test_sigkill_mid_run_then_restart_finishes_every_task_exactly_once(
+    tmp_path: Path, supervised: bool
+) -> None:
     (tmp_path / "w").mkdir()
     record = tmp_path / "runs.txt"
     lines = [
@@ -56,6 +68,8 @@ def test_sigkill_mid_run_then_restart_finishes_every_task_exactly_once(tmp_path:
     (tmp_path / "b.toml").write_text("\n".join(lines) + "\n")
     home = tmp_path / "home"
     tc("submit", str(tmp_path / "b.toml"), home=home)
+    if not supervised:
+        (home / "config.toml").write_text("[run]\nsupervise_agents = false\n")
 
     first = spawn_tc("run", "--no-live", "--max-agents", "4", home=home)
     wait_for_done(home, at_least=6)
@@ -75,7 +89,15 @@ def test_sigkill_mid_run_then_restart_finishes_every_task_exactly_once(tmp_path:
     succeeded = Counter(e.attempt_id.split("#")[0] for e in ends if e.outcome is Outcome.SUCCEEDED)
     assert succeeded == Counter({f"t{i}": 1 for i in range(TASKS)})
     interrupted = {e.attempt_id for e in ends if e.outcome is Outcome.INTERRUPTED}
-    assert interrupted == unfinished
+    adopted = {e.attempt_id for e in events if isinstance(e, AttemptAdopted)}
+    runs = Counter(line.split()[0] for line in record.read_text().splitlines())
+    if supervised:
+        assert adopted == unfinished
+        assert interrupted == set()
+        assert runs == Counter({f"t{i}": 1 for i in range(TASKS)}), "an agent ran twice"
+    else:
+        assert interrupted == unfinished
+        assert adopted == set()
     # Every attempt has exactly one end, and no agent process outlived its attempt.
     dispatched = [e for e in events if isinstance(e, AttemptDispatched)]
     assert Counter(e.attempt_id for e in ends) == Counter({e.attempt_id: 1 for e in dispatched})

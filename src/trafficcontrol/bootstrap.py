@@ -20,6 +20,7 @@ from trafficcontrol.adapters.agents.anthropic_api import ApiBackend
 from trafficcontrol.adapters.agents.command import CommandBackend
 from trafficcontrol.adapters.agents.process_group import kill_leftover_group, kill_marked
 from trafficcontrol.adapters.agents.sim import SimBackend
+from trafficcontrol.adapters.agents.supervised import supervised
 from trafficcontrol.adapters.stores import recovery
 from trafficcontrol.adapters.stores.run_lock import RunLock
 from trafficcontrol.adapters.stores.snapshot_files import SnapshotStore
@@ -250,6 +251,14 @@ class App:
             "command": CommandBackend(environ=self.environ, grace_s=grace),
         }
         backends["claude"] = _claude_backend(self)
+        if self.settings.run.supervise_agents:
+            for name in ("command", "claude"):
+                backends[name] = supervised(
+                    backends[name],
+                    environ=self.environ,
+                    grace_s=grace,
+                    cli_path=self.settings.claude.cli_path,
+                )
         backends["api"] = ApiBackend(environ=self.environ, clock=self.clock)
         return backends
 

@@ -75,23 +75,36 @@ class AgentResult:
     """What the adapter saw when the attempt failed (classified by ``domain.failures``)."""
     text: str | None = None
     """The agent's final answer (a workflow step's output is read from it)."""
+    stopped: bool = False
+    """The agent did not end by itself: it was stopped on request (its supervisor was
+    told to stop). The runtime records the outcome of the stop it asked for."""
 
 
 class AttemptReporter(Protocol):
-    """How a running adapter tells the orchestrator what it learned. Never blocks."""
+    """How a running adapter tells the orchestrator what it learned. Never blocks.
+
+    ``report_no`` is set by whoever relays an attempt supervisor's report file: the
+    report's line there, journaled so that an orchestrator adopting the attempt after a
+    restart reads the file on from the first report not yet journaled."""
 
     def process_started(self, pid: int, pgid: int, create_time: float) -> None: ...
 
-    def session_started(self, session_id: str) -> None: ...
+    def session_started(self, session_id: str, *, report_no: int | None = None) -> None: ...
 
     def rate_limit(
-        self, window: str, status: str, utilization: float | None, resets_at: float | None
+        self,
+        window: str,
+        status: str,
+        utilization: float | None,
+        resets_at: float | None,
+        *,
+        report_no: int | None = None,
     ) -> None:
         """The provider's own account of a limit window (Claude Code's rate-limit events:
         five_hour, seven_day, seven_day_opus, seven_day_sonnet, overage, ...)."""
         ...
 
-    def turn_usage(self, model: str | None, usage: Usage) -> None:
+    def turn_usage(self, model: str | None, usage: Usage, *, report_no: int | None = None) -> None:
         """Usage of one model turn as the provider reported it, while the attempt runs
         (the capacity ledger counts it live; the attempt's end still reports the total).
         Claude Code reports a turn's input and cache tokens as it starts; its output
@@ -117,6 +130,44 @@ class AgentBackend(Protocol):
         SIGTERM to the process group, a grace period, SIGKILL, reap — and re-raises
         ``CancelledError``. Unknown agent output is logged and skipped, never fatal.
         """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """An attempt's supervisor that outlived the orchestrator which started it: still
+    running, or gone after writing the attempt's end (its exit record)."""
+
+    log_path: Path
+    pid: int | None
+    """The supervisor's pid while it runs (None: it has finished)."""
+    create_time: float | None
+    finished: bool
+    """Its exit record is written: adopting it only reads the end."""
+
+
+@runtime_checkable
+class AdoptingBackend(Protocol):
+    """A backend whose attempts run under a supervisor that survives the orchestrator,
+    so that a restarted orchestrator can adopt them instead of running them again."""
+
+    def find(self, log_path: Path, pid: int | None, create_time: float | None) -> Leftover | None:
+        """The supervisor of the attempt logging to ``log_path`` (``pid`` and
+        ``create_time`` as journaled, if they were), when it runs or has written the
+        attempt's end; None when it is gone without one. Blocking (reads files, looks
+        at processes); raises ``AgentError`` naming a malformed file."""
+        ...
+
+    async def adopt(
+        self, leftover: Leftover, reporter: AttemptReporter, *, after_report: int
+    ) -> AgentResult:
+        """Follow the attempt to its end as ``run`` would: its reports from line
+        ``after_report + 1`` on, then its result. Cancellation stops it, as in ``run``."""
+        ...
+
+    def detach(self, log_path: Path) -> None:
+        """Let the attempt logging to ``log_path`` run on: the next cancellation of its
+        ``run``/``adopt`` only stops following it (a handoff to a later orchestrator)."""
         ...
 
 

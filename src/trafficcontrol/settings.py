@@ -56,6 +56,10 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     hung_after_s: float = 1800.0
     """An agent whose log has not grown for this long is hung: its process group is
     killed and the attempt fails as transient (retried). 0: never."""
+    supervise_agents: bool = True
+    """Run each command and claude agent under a supervisor process that outlives tc
+    run: after a crash the restarted tc run adopts it (or records its end) instead of
+    running it again. false: agents are tc run's own children and die with it."""
 
     def __post_init__(self) -> None:
         if self.store_buffer_events < 1:

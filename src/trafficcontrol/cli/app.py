@@ -203,14 +203,34 @@ def run(
     live: Annotated[
         bool | None, typer.Option("--live/--no-live", help="Live view [default: on a terminal].")
     ] = None,
+    leave_agents_running: Annotated[
+        bool,
+        typer.Option(
+            help="On Ctrl-C/SIGTERM, leave running agents to finish under their supervisors;"
+            " the next tc run adopts them."
+        ),
+    ] = False,
 ) -> None:
     """Run the backlog in the foreground until it is finished (or Ctrl-C)."""
     app_ = make_app(home)
-    code = run_app(app_, max_agents=max_agents, forever=forever, live=live)
+    code = run_app(
+        app_,
+        max_agents=max_agents,
+        forever=forever,
+        live=live,
+        leave_agents_running=leave_agents_running,
+    )
     raise typer.Exit(code)
 
 
-def run_app(app_: App, *, max_agents: int | None, forever: bool, live: bool | None) -> int:
+def run_app(
+    app_: App,
+    *,
+    max_agents: int | None,
+    forever: bool,
+    live: bool | None,
+    leave_agents_running: bool = False,
+) -> int:
     if max_agents is not None:
         if max_agents < 1:
             fail("--max-agents must be at least 1")
@@ -225,11 +245,18 @@ def run_app(app_: App, *, max_agents: int | None, forever: bool, live: bool | No
     try:
         try:
             orchestrator, notes = app_.start()
+            orchestrator.leave_agents_running = leave_agents_running
             orchestrator.check_backends()
         except TrafficControlError as exc:
             fail(exc.message, code=2)
         for note in notes:
             err.print(f"[yellow]recovery:[/] {note}", highlight=False)
+        if adoptable := orchestrator.adoptable_leftovers():
+            err.print(
+                f"recovery: {adoptable} attempt(s) left running by the previous run will be"
+                " adopted if their supervisors are alive or finished",
+                highlight=False,
+            )
         recovered = app_.last_recovery
         if recovered is not None and recovered.snapshot is not None:
             err.print(

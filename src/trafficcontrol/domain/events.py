@@ -81,9 +81,23 @@ class AgentProcessStarted(Event, tag="agent_process_started", frozen=True):
     create_time: float
 
 
+class AttemptAdopted(Event, tag="attempt_adopted", frozen=True):
+    """A restarted orchestrator took over an attempt whose supervisor outlived the one
+    that started it, instead of running it again."""
+
+    attempt_id: AttemptId
+    instance: str
+    finished: bool
+    """Its agent had already ended (its exit record was written while no orchestrator
+    ran); otherwise it still ran and is followed from here."""
+
+
 class AgentSessionStarted(Event, tag="agent_session_started", frozen=True):
     attempt_id: AttemptId
     session_id: str
+    report_no: int | None = None
+    """Its line in the attempt's report file, when a supervisor wrote it (see
+    ``AttemptRecord.reports``)."""
 
 
 class TurnUsageReported(Event, tag="turn_usage_reported", frozen=True):
@@ -92,6 +106,8 @@ class TurnUsageReported(Event, tag="turn_usage_reported", frozen=True):
     attempt_id: AttemptId
     model: str | None
     usage: Usage
+    report_no: int | None = None
+    """Its line in the attempt's report file, when a supervisor wrote it."""
 
 
 class RateLimitObserved(Event, tag="rate_limit_observed", frozen=True):
@@ -104,6 +120,8 @@ class RateLimitObserved(Event, tag="rate_limit_observed", frozen=True):
     """allowed | allowed_warning | rejected (as the provider says it)."""
     utilization: float | None = None
     resets_at: float | None = None
+    report_no: int | None = None
+    """Its line in the attempt's report file, when a supervisor wrote it."""
 
 
 class AttemptStopRequested(Event, tag="attempt_stop_requested", frozen=True):
@@ -239,6 +257,9 @@ class OrchestratorStarted(Event, tag="orchestrator_started", frozen=True):
 
 class OrchestratorStopped(Event, tag="orchestrator_stopped", frozen=True):
     instance: str
+    left_running: tuple[AttemptId, ...] = ()
+    """Attempts left to run on under their supervisors (``--leave-agents-running``):
+    the next orchestrator adopts them."""
 
 
 AnyEvent = (
@@ -247,6 +268,7 @@ AnyEvent = (
     | WorkspacePrepared
     | AgentProcessStarted
     | AgentSessionStarted
+    | AttemptAdopted
     | AttemptStopRequested
     | TurnUsageReported
     | RateLimitObserved

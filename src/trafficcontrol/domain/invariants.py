@@ -38,7 +38,7 @@ O(tasks) per event and would make ``tc verify`` quadratic on long journals.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from trafficcontrol.domain.decide import (
     Decision,
@@ -50,6 +50,7 @@ from trafficcontrol.domain.decide import (
 )
 from trafficcontrol.domain.events import (
     AnyEvent,
+    AttemptAdopted,
     AttemptDispatched,
     AttemptFinished,
     BacklogSubmitted,
@@ -102,6 +103,8 @@ class InvariantChecker:
         self._by_model: Counter[str] = Counter()
         self._touched: TaskId | None = None
         self._rolled_back = False
+        self._adopted: set[AttemptId] = set()
+        """Attempts adopted since the last orchestrator start (they may stay open)."""
 
     # -- feeding ---------------------------------------------------------------------
     def on_event(self, event: AnyEvent) -> bool:
@@ -119,10 +122,17 @@ class InvariantChecker:
                 return self._dispatched(event)
             case AttemptFinished():
                 return self._finished(event)
+            case AttemptAdopted():
+                if event.attempt_id not in self._open:
+                    self._report(f"attempt {event.attempt_id} adopted but not running")
+                self._adopted.add(event.attempt_id)
+                return self._known_reference(event)
             case OrchestratorStarted():
-                self._no_open("an orchestrator started")
+                # Adopted attempts run on under the new orchestrator: nothing else may.
+                self._no_open("an orchestrator started", allowed=self._adopted)
+                self._adopted = set()
             case OrchestratorStopped():
-                self._no_open("the orchestrator stopped")
+                self._no_open("the orchestrator stopped", allowed=set(event.left_running))
             case RolledBack():
                 self._rolled_back = True
             case TaskSplit():
@@ -393,9 +403,12 @@ class InvariantChecker:
             self._open[attempt_id] = event
             self._open_by_task[event.task_id] = attempt_id
 
-    def _no_open(self, when: str, *, at_end: bool = False) -> None:
-        if self._open:
-            names = ", ".join(sorted(self._open))
+    def _no_open(
+        self, when: str, *, at_end: bool = False, allowed: Collection[AttemptId] = ()
+    ) -> None:
+        open_ = [a for a in self._open if a not in allowed]
+        if open_:
+            names = ", ".join(sorted(open_))
             self._report(f"{when} with attempts that have no outcome: {names}", at_end=at_end)
 
     def _report(self, message: str, *, at_end: bool = False) -> None:

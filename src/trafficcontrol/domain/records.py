@@ -101,6 +101,12 @@ class AttemptRecord(msgspec.Struct, kw_only=True):
     """The context of its first turn (None: no turn reported)."""
     handoff: str | None = None
     """Its handoff summary, when its session was rotated."""
+    adoptions: int = 0
+    """How many times a restarted orchestrator adopted it (its agent outlived one)."""
+    reports: int = 0
+    """How many lines of its supervisor's report file are journaled (the highest
+    ``report_no`` folded): an adopted attempt's reports are read on from there, so none
+    is counted twice."""
 
 
 class RateLimitReport(msgspec.Struct, frozen=True, kw_only=True):

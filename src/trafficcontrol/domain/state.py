@@ -31,6 +31,7 @@ from trafficcontrol.domain.events import (
     AgentProcessStarted,
     AgentSessionStarted,
     AnyEvent,
+    AttemptAdopted,
     AttemptDispatched,
     AttemptFinished,
     AttemptStopRequested,
@@ -627,6 +628,11 @@ def _apply_rollback(state: State, event: RolledBack) -> None:
     rebuild_indices(state)
 
 
+def _count_report(attempt: AttemptRecord, report_no: int | None) -> None:
+    if report_no is not None and report_no > attempt.reports:
+        attempt.reports = report_no
+
+
 def apply(state: State, event: AnyEvent) -> State:
     """Fold one event into the state (in place) and return it."""
     match event:
@@ -636,8 +642,12 @@ def apply(state: State, event: AnyEvent) -> State:
             _apply_finished(state, event)
         case BacklogSubmitted():
             _apply_backlog(state, event)
+        case AttemptAdopted():
+            state.attempts[event.attempt_id].adoptions += 1
         case AgentSessionStarted():
-            state.attempts[event.attempt_id].session_id = event.session_id
+            attempt = state.attempts[event.attempt_id]
+            attempt.session_id = event.session_id
+            _count_report(attempt, event.report_no)
         case AgentProcessStarted():
             attempt = state.attempts[event.attempt_id]
             attempt.pid, attempt.pgid = event.pid, event.pgid
@@ -649,12 +659,15 @@ def apply(state: State, event: AnyEvent) -> State:
         case AttemptStopRequested():
             _apply_stop(state, event)
         case RateLimitObserved():
+            if (observer := state.attempts.get(event.attempt_id)) is not None:
+                _count_report(observer, event.report_no)
             state.rate_limits[event.window] = event
             state.capacity.observe_signal(
                 event.window, event.utilization, event.resets_at, event.at
             )
         case TurnUsageReported():
             attempt = state.attempts[event.attempt_id]
+            _count_report(attempt, event.report_no)
             attempt.turns += 1
             attempt.turn_usage = (
                 event.usage if attempt.turn_usage is None else attempt.turn_usage + event.usage

@@ -406,10 +406,18 @@ class _Quiet:
 
     def process_started(self, pid: int, pgid: int, create_time: float) -> None: ...
 
-    def session_started(self, session_id: str) -> None: ...
+    def session_started(self, session_id: str, *, report_no: int | None = None) -> None: ...
 
     def rate_limit(
-        self, window: str, status: str, utilization: float | None, resets_at: float | None
+        self,
+        window: str,
+        status: str,
+        utilization: float | None,
+        resets_at: float | None,
+        *,
+        report_no: int | None = None,
     ) -> None: ...
 
-    def turn_usage(self, model: str | None, usage: Usage) -> None: ...
+    def turn_usage(
+        self, model: str | None, usage: Usage, *, report_no: int | None = None
+    ) -> None: ...

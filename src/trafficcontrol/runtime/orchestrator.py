@@ -10,10 +10,12 @@ shared between threads at once.
 
 Shutdown (SIGINT/SIGTERM, or ``stop()``): every running attempt gets a journaled
 stop request, its agent is stopped (process group: SIGTERM, grace, SIGKILL) and its
-end is journaled as ``interrupted``, so the next start re-queues it. A crash skips
-all of that; the next start finds the attempts still running in the journal, kills
-any process group that outlived us (matched by pid and start time) and journals
-them as interrupted.
+end is journaled as ``interrupted``, so the next start re-queues it — unless
+``leave_agents_running``: then supervised attempts are let go and run on. A crash
+skips all of that; the next start (``runtime.recovery``) adopts every attempt whose
+supervisor outlived us — journaling the real end of those that finished meanwhile,
+following the others — and journals the rest as interrupted, after killing what is
+left of them (matched by pid and start time, and by run marker).
 
 Store outages (``runtime.store_buffer``): every turn's events are folded, then
 journaled in one batch before the loop acts on them. While the journal cannot be
@@ -42,6 +44,7 @@ from trafficcontrol.domain.decide import (
 )
 from trafficcontrol.domain.events import (
     AnyEvent,
+    AttemptAdopted,
     AttemptDispatched,
     AttemptFinished,
     AttemptStopRequested,
@@ -53,13 +56,14 @@ from trafficcontrol.domain.events import (
     TaskSplit,
 )
 from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskId, TaskState
+from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.resilience import ResilienceConfig
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import ConfigError
-from trafficcontrol.ports import AgentBackend, Clock, Journal, Workspaces
+from trafficcontrol.ports import AdoptingBackend, AgentBackend, Clock, Journal, Leftover, Workspaces
 from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.pool import AgentPool
-from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, interrupt_leftovers
+from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, account_for_leftovers
 from trafficcontrol.runtime.requests_server import RequestsServer
 from trafficcontrol.runtime.snapshotter import Snapshotter
 from trafficcontrol.runtime.store_buffer import StoreBuffer
@@ -91,8 +95,12 @@ class Orchestrator:
         store_retry_max_s: float = 5.0,
         store_shutdown_wait_s: float = 60.0,
         hung_after_s: float | None = None,
+        leave_agents_running: bool = False,
     ) -> None:
         self._journal = journal
+        self.leave_agents_running = leave_agents_running
+        """At a clean stop, let supervised agents run on for the next orchestrator to
+        adopt (a handoff) instead of stopping them."""
         self._capacity = capacity
         self._resilience = resilience
         self.lead = lead
@@ -197,15 +205,22 @@ class Orchestrator:
 
     async def _start(self) -> None:
         previous_clean = not self.state.running_orchestrator
-        events: list[AnyEvent] = list(
-            await asyncio.to_thread(
-                interrupt_leftovers,
-                self.state,
-                self._kill_leftover,
-                self._clock.now(),
-                self._kill_marked,
-            )
+        accounting = await asyncio.to_thread(
+            account_for_leftovers,
+            self.state,
+            self._kill_leftover,
+            self._clock.now(),
+            self._kill_marked,
+            self._find_leftover,
         )
+        now = self._clock.now()
+        events: list[AnyEvent] = list(accounting.ends)
+        events += [
+            AttemptAdopted(
+                at=now, attempt_id=aid, instance=self.instance, finished=leftover.finished
+            )
+            for aid, leftover in accounting.adopt
+        ]
         if self._capacity is not None and self._capacity != self.state.capacity.config:
             events.append(CapacityConfigured(at=self._clock.now(), config=self._capacity))
         if self._resilience is not None and self._resilience != self.state.resilience.config:
@@ -219,6 +234,23 @@ class Orchestrator:
             )
         )
         await self._buffer.commit(events)
+        for aid, leftover in accounting.adopt:
+            log.info("attempt_adopted attempt=%s finished=%s", aid, leftover.finished)
+            self.pool.adopt(self.state.attempts[aid], leftover)
+
+    def adoptable_leftovers(self) -> int:
+        """Attempts the journal says run whose backend could adopt them at start."""
+        return sum(
+            isinstance(self._backends.get(a.backend), AdoptingBackend)
+            for a in self.state.running.values()
+        )
+
+    def _find_leftover(self, attempt: AttemptRecord) -> Leftover | None:
+        """The supervisor of ``attempt`` if it outlived its orchestrator (blocking)."""
+        backend = self._backends.get(attempt.backend)
+        if not isinstance(backend, AdoptingBackend):
+            return None
+        return backend.find(Path(attempt.log_path), attempt.pid, attempt.create_time)
 
     # -- one turn of the loop ---------------------------------------------------------
     async def _step(self) -> None:
@@ -361,13 +393,19 @@ class Orchestrator:
         await self.pool.inbox.wait(timeout)
 
     async def _shutdown(self) -> None:
+        left: set[AttemptId] = set()
         if self._stopping:
             now = self._clock.now()
+            if self.leave_agents_running:
+                left = set(self.pool.detach_all())
+                if left:
+                    log.info("agents_left_running count=%d", len(left))
+                await self.pool.wait_for(list(left))
             self._buffer.fold(
                 [
                     AttemptStopRequested(at=now, attempt_id=aid, reason=StopReason.SHUTDOWN)
                     for aid, attempt in self.state.running.items()
-                    if attempt.stop_reason is None
+                    if attempt.stop_reason is None and aid not in left
                 ]
             )
             # Journal the stops first when the store lets us; stop the agents either way.
@@ -376,7 +414,14 @@ class Orchestrator:
             await self.pool.wait_all()
         events, waiters = self.pool.inbox.take()
         self._buffer.fold(events, waiters)
-        self._buffer.fold([OrchestratorStopped(at=self._clock.now(), instance=self.instance)])
+        left_running = tuple(sorted(aid for aid in self.state.running if aid in left))
+        self._buffer.fold(
+            [
+                OrchestratorStopped(
+                    at=self._clock.now(), instance=self.instance, left_running=left_running
+                )
+            ]
+        )
         await self._buffer.flush_before_exit()
         if self.snapshotter is not None:
             await self.snapshotter.drain()

@@ -48,11 +48,21 @@ from trafficcontrol.domain.events import (
 from trafficcontrol.domain.failures import DEFAULT_RULES, FailureRule, classify
 from trafficcontrol.domain.interrupts import continues, settings_of
 from trafficcontrol.domain.model import AttemptId, FailureEvidence, Outcome, StopReason
+from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.rotation import RotationConfig, with_handoff
 from trafficcontrol.domain.state import State
 from trafficcontrol.domain.workflows import StepSpec
 from trafficcontrol.errors import TrafficControlError
-from trafficcontrol.ports import AgentBackend, AgentRequest, Clock, Workspace, Workspaces
+from trafficcontrol.ports import (
+    AdoptingBackend,
+    AgentBackend,
+    AgentRequest,
+    AgentResult,
+    Clock,
+    Leftover,
+    Workspace,
+    Workspaces,
+)
 from trafficcontrol.runtime.handoff import check_output
 from trafficcontrol.runtime.inbox import Inbox
 from trafficcontrol.runtime.prompts import attempt_prompt, step_of
@@ -100,6 +110,26 @@ def dispatched_event(command: Dispatch, now: float, logs_root: str) -> AttemptDi
         expected_units=command.expected_units,
         route=command.route,
         step=command.step,
+    )
+
+
+def redispatched(attempt: AttemptRecord) -> AttemptDispatched:
+    """The dispatch an attempt was started with, rebuilt from its record (an adopted
+    attempt is run on as if this orchestrator had dispatched it)."""
+    return AttemptDispatched(
+        at=attempt.started_at,
+        attempt_id=attempt.id,
+        task_id=attempt.task_id,
+        attempt_no=attempt.no,
+        backend=attempt.backend,
+        model=attempt.model,
+        resources=attempt.resources,
+        deadline=attempt.deadline,
+        log_path=attempt.log_path,
+        resume_of=attempt.resume_of,
+        expected_units=attempt.expected_units,
+        route=attempt.route,
+        step=attempt.step,
     )
 
 
@@ -164,6 +194,8 @@ class AgentPool:
         """Seconds without output of the attempts stopped as hung."""
         self._rotating: set[AttemptId] = set()
         """Attempts stopped for a session rotation (their end carries a handoff)."""
+        self._detached: set[AttemptId] = set()
+        """Attempts let go to run on (``detach_all``): they end without a journaled end."""
         self.latencies: list[float] | None = [] if record_latency else None
         """Seconds from "task ready" to "agent started", when recording."""
 
@@ -176,12 +208,43 @@ class AgentPool:
         self._tasks[event.attempt_id] = task
         task.add_done_callback(self._forget)
 
+    def adopt(self, attempt: AttemptRecord, leftover: Leftover) -> None:
+        """Follow an attempt a previous orchestrator started, whose supervisor outlived
+        it (``runtime.recovery``), to its end; a stop it had asked for is carried out."""
+        event = redispatched(attempt)
+        task = asyncio.create_task(
+            self._run(event, None, leftover=leftover), name=f"agent:{attempt.id}"
+        )
+        self._tasks[attempt.id] = task
+        task.add_done_callback(self._forget)
+        if attempt.stop_reason is not None:
+            # After the task's first step: a task cancelled before it ever ran would
+            # never reach its handlers, and no end would be journaled.
+            asyncio.get_running_loop().call_soon(self.stop, attempt.id, attempt.stop_reason)
+
+    def detach_all(self) -> list[AttemptId]:
+        """Stop following the attempts whose agents can outlive us, leaving them running
+        (``tc run --leave-agents-running``): no end is journaled for them; the next
+        orchestrator adopts them. Returns them; the others are left to the caller."""
+        detached: list[AttemptId] = []
+        for attempt_id, task in list(self._tasks.items()):
+            attempt = self.state.attempts.get(attempt_id)
+            backend = self._backends.get(attempt.backend) if attempt is not None else None
+            if attempt is None or not isinstance(backend, AdoptingBackend):
+                continue
+            backend.detach(Path(attempt.log_path))
+            self._detached.add(attempt_id)
+            task.cancel()
+            detached.append(attempt_id)
+        return detached
+
     def _forget(self, task: asyncio.Task[None]) -> None:
         attempt_id = AttemptId(task.get_name().removeprefix("agent:"))
         self._tasks.pop(attempt_id, None)
         self._stop_reasons.pop(attempt_id, None)
         self._idle.pop(attempt_id, None)
         self._rotating.discard(attempt_id)
+        self._detached.discard(attempt_id)
 
     def stop(
         self, attempt_id: AttemptId, reason: StopReason, *, idle_s: float | None = None
@@ -222,14 +285,21 @@ class AgentPool:
         await self.wait_all()
 
     # -- one attempt ----------------------------------------------------------------
-    async def _run(self, event: AttemptDispatched, ready_since: float | None) -> None:
+    async def _run(
+        self, event: AttemptDispatched, ready_since: float | None, leftover: Leftover | None = None
+    ) -> None:
         attempt_id = event.attempt_id
         reporter = InboxReporter(self.inbox, self._clock, attempt_id)
         request: AgentRequest | None = None
         try:
-            request, step = await self._prepare(event)
-            result_event = await self._attempt(event, request, step, reporter, ready_since)
+            if leftover is None:
+                request, step = await self._prepare(event)
+                result_event = await self._attempt(event, request, step, reporter, ready_since)
+            else:
+                result_event = await self._adopted(event, leftover, reporter)
         except asyncio.CancelledError:
+            if attempt_id in self._detached:
+                return  # let go: it runs on, and ends in a later orchestrator's journal
             if attempt_id in self._rotating:
                 result_event = await self._rotator.rotated(
                     event,
@@ -261,7 +331,11 @@ class AgentPool:
 
     def _stopped(self, event: AttemptDispatched) -> AttemptFinished:
         attempt_id = event.attempt_id
-        reason = self._stop_reasons.get(attempt_id, StopReason.SHUTDOWN)
+        reason = (
+            self._stop_reasons.get(attempt_id)
+            or self.state.attempts[attempt_id].stop_reason
+            or StopReason.SHUTDOWN
+        )
         outcome = _STOPPED_OUTCOME[reason]
         if reason is StopReason.HUNG:
             idle = self._idle.get(attempt_id, 0.0)
@@ -352,6 +426,22 @@ class AgentPool:
         if self.latencies is not None and ready_since is not None:
             self.latencies.append(self._clock.now() - ready_since)
         result = await backend.run(request, reporter)
+        return self._finished(event, result, step)
+
+    async def _adopted(
+        self, event: AttemptDispatched, leftover: Leftover, reporter: InboxReporter
+    ) -> AttemptFinished:
+        backend = self._backends[event.backend]
+        assert isinstance(backend, AdoptingBackend), "only supervised attempts are adopted"
+        after = self.state.attempts[event.attempt_id].reports
+        result = await backend.adopt(leftover, reporter, after_report=after)
+        return self._finished(event, result, step_of(self.state, event.task_id, event.step))
+
+    def _finished(
+        self, event: AttemptDispatched, result: AgentResult, step: StepSpec | None
+    ) -> AttemptFinished:
+        if result.stopped:  # stopped on a request (ours, or a predecessor's): its outcome
+            return self._stopped(event)
         return AttemptFinished(
             at=self._clock.now(),
             attempt_id=event.attempt_id,

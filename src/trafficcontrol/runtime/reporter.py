@@ -42,7 +42,13 @@ class InboxReporter:
         )
 
     def rate_limit(
-        self, window: str, status: str, utilization: float | None, resets_at: float | None
+        self,
+        window: str,
+        status: str,
+        utilization: float | None,
+        resets_at: float | None,
+        *,
+        report_no: int | None = None,
     ) -> None:
         self._inbox.put(
             RateLimitObserved(
@@ -52,20 +58,28 @@ class InboxReporter:
                 status=status,
                 utilization=utilization,
                 resets_at=resets_at,
+                report_no=report_no,
             )
         )
 
-    def turn_usage(self, model: str | None, usage: Usage) -> None:
+    def turn_usage(self, model: str | None, usage: Usage, *, report_no: int | None = None) -> None:
         self._inbox.put(
             TurnUsageReported(
-                at=self._clock.now(), attempt_id=self._attempt_id, model=model, usage=usage
+                at=self._clock.now(),
+                attempt_id=self._attempt_id,
+                model=model,
+                usage=usage,
+                report_no=report_no,
             )
         )
 
-    def session_started(self, session_id: str) -> None:
+    def session_started(self, session_id: str, *, report_no: int | None = None) -> None:
         self.session_id = session_id
         self._inbox.put(
             AgentSessionStarted(
-                at=self._clock.now(), attempt_id=self._attempt_id, session_id=session_id
+                at=self._clock.now(),
+                attempt_id=self._attempt_id,
+                session_id=session_id,
+                report_no=report_no,
             )
         )

@@ -6,8 +6,16 @@ same order as ``adapters.agents.sim.SimBackend``: with no faults, ``tc simulate
 --seed N`` plays each attempt as ``tc run`` with sim seed N does, and an attempt
 behaves the same whatever the faults change around it. The faults (crash, hang)
 come from the run's single generator. ``SimAgents`` mirrors ``runtime.pool``: a
-stopped agent ends with the stop's outcome, whatever it was doing, and exactly one
-end leaves each agent unless the orchestrator's crash kills it first.
+stopped agent ends with the stop's outcome, whatever it was doing (a second stop
+changes nothing), and exactly one end leaves each agent.
+
+Every agent runs under a supervisor (``adapters.agents.supervised``) that outlives the
+orchestrator. ``SupervisorFiles`` is what it leaves on disk: the agent's reports
+(session, turns) numbered from 1 as its report file numbers them, and its exit record
+once it ended. A crashed orchestrator hears nothing more, but its agents run on and
+keep writing; a recovering one reads the files (``files``, ``running``). Only a
+supervisor that died with the orchestrator (``Faults.supervisor_lost``) leaves an
+attempt with no exit record and no agent.
 """
 
 from __future__ import annotations
@@ -23,7 +31,12 @@ import msgspec
 # The sim adapter's price and output tables: the simulator must spend what it spends.
 from trafficcontrol.adapters.agents.sim import draw_attempt, simulated_usage
 from trafficcontrol.domain.capacity.families import model_family
-from trafficcontrol.domain.events import AttemptDispatched, AttemptFinished, TurnUsageReported
+from trafficcontrol.domain.events import (
+    AgentSessionStarted,
+    AttemptDispatched,
+    AttemptFinished,
+    TurnUsageReported,
+)
 from trafficcontrol.domain.model import (
     AttemptId,
     FailureEvidence,
@@ -147,12 +160,35 @@ def with_hang_timeouts(
     return msgspec.structs.replace(request, tasks=tasks)
 
 
+Report = AgentSessionStarted | TurnUsageReported
+"""A line of a supervisor's report file (``report_no`` is its line number)."""
+
+
+@dataclasses.dataclass(slots=True)
+class SupervisorFiles:
+    """What one attempt's supervisor has written; it outlives the orchestrator."""
+
+    reports: list[Report]
+    """The agent's reports in order; ``reports[i].report_no == i + 1``."""
+    exit: AttemptFinished | None = None
+    """The exit record: the agent's end, written when it ended (unclassified)."""
+    turns: int = 0
+    """Turns the agent reported: what the journal must count, each once."""
+    lost: bool = False
+    """The supervisor died with an orchestrator: no exit record will come."""
+
+    def unread(self, journaled: int) -> list[Report]:
+        """The reports after the first ``journaled`` (``AttemptRecord.reports``)."""
+        return self.reports[journaled:]
+
+
 @dataclasses.dataclass(slots=True)
 class _Agent:
     started_at: float
     plan: AgentPlan
     token: int
     """Matches this agent's live entry in the heap of ends (lazy deletion)."""
+    stopping: bool = False
 
 
 class SimAgents:
@@ -173,6 +209,8 @@ class SimAgents:
         self.transients = 0
         self._turns: list[tuple[float, int, AttemptId, str | None]] = []
         """First model turns still to report (the provider answered: breaker probes)."""
+        self.files: dict[AttemptId, SupervisorFiles] = {}
+        """Every started attempt's supervisor files, kept for recoveries and checks."""
 
     def start(
         self,
@@ -199,6 +237,10 @@ class SimAgents:
         self.transients += plan.transient
         agent = _Agent(now, plan, next(self._tokens))
         self._agents[event.attempt_id] = agent
+        session = AgentSessionStarted(
+            at=now, attempt_id=event.attempt_id, session_id=plan.session_id, report_no=1
+        )
+        self.files[event.attempt_id] = SupervisorFiles(reports=[session])
         if plan.duration_s is not None:
             heapq.heappush(self._ends, (now + plan.duration_s, agent.token, event.attempt_id))
         if first_turn_s is not None and not plan.transient:
@@ -206,11 +248,21 @@ class SimAgents:
             heapq.heappush(self._turns, (turn_at, agent.token, event.attempt_id, event.model))
         return plan
 
+    def running(self, attempt_id: AttemptId) -> bool:
+        """Its agent runs (under a live supervisor): a recovery adopts it."""
+        return attempt_id in self._agents
+
+    def live(self) -> list[AttemptId]:
+        return list(self._agents)
+
     def stop(self, attempt_id: AttemptId, reason: StopReason, now: float) -> None:
-        """As ``AgentPool.stop``: the agent ends with the stop's outcome after a grace."""
+        """As ``AgentPool.stop``: the agent ends with the stop's outcome after a grace.
+        A second stop (an adopting orchestrator honouring a journaled one) changes
+        nothing: the supervisor is already stopping it."""
         agent = self._agents.get(attempt_id)
-        if agent is None:
-            return  # it already ended (its event is on the way) or never started
+        if agent is None or agent.stopping:
+            return  # it already ended (its event is on the way), never started, or stops
+        agent.stopping = True
         outcome, error = _STOPPED[reason]
         agent.plan = dataclasses.replace(
             agent.plan, outcome=outcome, exit_code=None, error=error, usage=None
@@ -234,9 +286,17 @@ class SimAgents:
         while self._turns and self._turns[0][0] <= now:
             turn = heapq.heappop(self._turns)
             if self._live(turn[:3]):
-                out.append(
-                    TurnUsageReported(at=turn[0], attempt_id=turn[2], model=turn[3], usage=Usage())
+                files = self.files[turn[2]]
+                report = TurnUsageReported(
+                    at=turn[0],
+                    attempt_id=turn[2],
+                    model=turn[3],
+                    usage=Usage(),
+                    report_no=len(files.reports) + 1,
                 )
+                files.reports.append(report)
+                files.turns += 1
+                out.append(report)
         while self._ends and self._ends[0][0] <= now:
             entry = heapq.heappop(self._ends)
             if not self._live(entry):
@@ -245,29 +305,40 @@ class SimAgents:
             agent = self._agents.pop(attempt_id)
             self.busy_s += at - agent.started_at
             plan = agent.plan
-            out.append(
-                AttemptFinished(
-                    at=at,
-                    attempt_id=attempt_id,
-                    outcome=plan.outcome,
-                    exit_code=plan.exit_code,
-                    error=plan.error,
-                    usage=plan.usage,
-                    session_id=plan.session_id,
-                    simulated=True,
-                    failure=plan.failure,
-                    step_outcome=plan.step_outcome if plan.outcome is Outcome.SUCCEEDED else None,
-                )
+            end = AttemptFinished(
+                at=at,
+                attempt_id=attempt_id,
+                outcome=plan.outcome,
+                exit_code=plan.exit_code,
+                error=plan.error,
+                usage=plan.usage,
+                session_id=plan.session_id,
+                simulated=True,
+                failure=plan.failure,
+                step_outcome=plan.step_outcome if plan.outcome is Outcome.SUCCEEDED else None,
             )
+            self.files[attempt_id].exit = end
+            out.append(end)
         out.sort(key=lambda e: e.at)
         return out
 
-    def kill_all(self, now: float) -> None:
-        """The orchestrator died and its agents with it; nobody hears of their end."""
-        for agent in self._agents.values():
+    def orchestrator_died(self, now: float) -> int:
+        """The orchestrator crashed at ``now``; returns how many supervisors died with it.
+
+        What the agents reported by then stays in their files only (the inbox that
+        would have received it is gone). Each agent runs on under its supervisor,
+        unless that died too (``Faults.supervisor_lost``, drawn per agent only when
+        on): the agent is gone, and its files get no exit record."""
+        self.ended(now)
+        rate = self._faults.supervisor_lost
+        if rate <= 0:
+            return 0
+        lost = [attempt_id for attempt_id in self._agents if self._rng.random() < rate]
+        for attempt_id in lost:
+            agent = self._agents.pop(attempt_id)  # its heap entries are dead now
             self.busy_s += now - agent.started_at
-        self._agents.clear()
-        self._ends.clear()
+            self.files[attempt_id].lost = True
+        return len(lost)
 
     def _live(self, entry: tuple[float, int, AttemptId] | tuple[Any, ...]) -> bool:
         agent = self._agents.get(entry[2])

@@ -7,12 +7,18 @@ fault kind off does not disturb the draws of a run without faults.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
 from trafficcontrol.domain.resilience import ResilienceConfig
 
 AGENT_CRASH_ERROR = "simulated agent crash: the agent process died (signal 9)"
+CrashPoint = Literal["before the commit", "after the commit", "after acting"]
+CRASH_POINTS: tuple[CrashPoint, ...] = ("before the commit", "after the commit", "after acting")
+"""Where in a turn an orchestrator crash falls: before the batch is durable (it is
+lost), after it (its commands are never acted on), or after acting on it."""
 
 
 class Outage(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,6 +31,14 @@ class Outage(msgspec.Struct, frozen=True, kw_only=True):
 
     def covers(self, at: float, family: str) -> bool:
         return self.start_s <= at < self.end_s and self.family in (None, family)
+
+
+class ScheduledCrash(msgspec.Struct, frozen=True, kw_only=True):
+    """The orchestrator crashes at the first commit at or after ``at_s`` (virtual
+    seconds), at ``point``: a crash placed exactly, for tests of what survives it."""
+
+    at_s: float
+    point: CrashPoint = "after the commit"
 
 
 class Faults(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +64,12 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     """Probability that an attempt fails at once with a transient provider error (529)."""
     outages: tuple[Outage, ...] = ()
     """Provider outages (attempts starting in one fail with 529)."""
+    supervisor_lost: float = 0.0
+    """Probability, per agent running at an orchestrator crash, that its supervisor died
+    with the orchestrator: the agent is gone and leaves no exit record, so the recovery
+    journals its attempt interrupted. Otherwise the agent runs on and is adopted."""
+    crashes: tuple[ScheduledCrash, ...] = ()
+    """Orchestrator crashes at fixed times, besides the random ones (drawing nothing)."""
 
     @classmethod
     def all_on(cls) -> Faults:
@@ -60,11 +80,12 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
             orchestrator_crash=0.03,
             store_failure=0.01,
             slow_disk=0.05,
+            supervisor_lost=0.2,
         )
 
     @property
     def enabled(self) -> bool:
-        return any(
+        return bool(self.crashes) or any(
             rate > 0
             for rate in (
                 self.agent_crash,
@@ -72,6 +93,7 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
                 self.orchestrator_crash,
                 self.store_failure,
                 self.slow_disk,
+                self.supervisor_lost,
             )
         )
 

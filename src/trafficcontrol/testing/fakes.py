@@ -19,13 +19,19 @@ class RecordingReporter:
     def process_started(self, pid: int, pgid: int, create_time: float) -> None:
         self.processes.append((pid, pgid, create_time))
 
-    def session_started(self, session_id: str) -> None:
+    def session_started(self, session_id: str, *, report_no: int | None = None) -> None:
         self.sessions.append(session_id)
 
     def rate_limit(
-        self, window: str, status: str, utilization: float | None, resets_at: float | None
+        self,
+        window: str,
+        status: str,
+        utilization: float | None,
+        resets_at: float | None,
+        *,
+        report_no: int | None = None,
     ) -> None:
         self.rate_limits.append((window, status, utilization, resets_at))
 
-    def turn_usage(self, model: str | None, usage: Usage) -> None:
+    def turn_usage(self, model: str | None, usage: Usage, *, report_no: int | None = None) -> None:
         self.turns.append((model, usage))
