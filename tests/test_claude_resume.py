@@ -1,14 +1,16 @@
-"""SIGKILL of a real ``tc run`` while Claude Code waits on the model, then a restart:
-the next attempt continues the same Claude Code session in the same worktree.
+"""SIGKILL of a real ``tc run`` and of the attempt's supervisor while Claude Code waits
+on the model, then a restart: the next attempt continues the same Claude Code session
+in the same worktree (the fallback when no supervisor survived to be adopted).
 
-Everything is real but the model: ``tc`` runs as a process, the claude backend drives
-the claude-agent-sdk and its bundled CLI, which talks to the local Anthropic-protocol
-server (``tests/provider``). The first model turn makes the agent write a file; the
-next model request is held by the server, so the kill lands at a known point: the
-session id and the CLI's process are journaled, the CLI's transcript holds the first
-turn and its tool result. Only the ``tc`` process is killed: the CLI leads a process
-group of its own and survives it, so the restarted orchestrator must kill that group
-before it resumes the session — an attempt must never run twice at once.
+Everything is real but the model: ``tc`` runs as a process, the attempt's supervisor
+drives the claude-agent-sdk and its bundled CLI, which talks to the local
+Anthropic-protocol server (``tests/provider``). The first model turn makes the agent
+write a file; the next model request is held by the server, so the kill lands at a
+known point: the session id and the supervisor's process are journaled, the CLI's
+transcript holds the first turn and its tool result. ``tc`` and the supervisor are
+killed; the CLI leads a process group of its own and survives them, so the restarted
+orchestrator must kill it (found by its run marker) before it resumes the session —
+an attempt must never run twice at once.
 """
 
 from __future__ import annotations
@@ -27,11 +29,16 @@ import pytest
 from tests.cli_helpers import TC
 from tests.helpers import events_of, git_repo, journal_events, submit, task
 from tests.provider.server import Fault, ProviderServer, RecordedRequest, Turn, text, tool
-from trafficcontrol.adapters.agents.process_group import group_alive, kill_leftover_group
+from trafficcontrol.adapters.agents.process_group import (
+    group_alive,
+    kill_leftover_group,
+    marked_processes,
+)
 from trafficcontrol.bootstrap import App, Home
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
     AgentSessionStarted,
+    AttemptAdopted,
     AttemptDispatched,
     AttemptFinished,
     WorkspacePrepared,
@@ -113,6 +120,8 @@ def test_sigkill_mid_attempt_then_restart_resumes_the_same_claude_session(
     finally:  # a failing check must not leave the CLI behind (it leads its own group)
         for p in leftovers:
             kill_leftover_group(p.pid, p.pgid, p.create_time, 1.0)  # checks pid and start time
+        for proc in marked_processes(str(home / "logs" / "hello" / "1.jsonl")):
+            proc.kill()
 
 
 def kill_and_restart(
@@ -153,9 +162,18 @@ def kill_and_restart(
     leftovers.append(process1)
     assert not events_of(before, AttemptFinished, "hello#1")
     assert written.read_text() == CONTENT
-    # The CLI outlived tc (own process group) and still waits on the model.
+    # The supervisor and the CLI outlived tc (own sessions); the CLI still waits on the
+    # model. The supervisor dies now, before it can record anything: no adoption.
     assert group_alive(process1.pgid)
     assert process1.pgid == process1.pid != os.getpgrp()
+    (log_path,) = {e.log_path for e in events_of(before, AttemptDispatched, "hello#1")}
+    clis = [p for p in marked_processes(log_path) if p.pid != process1.pid]
+    assert clis, "the CLI outlived tc run"
+    os.kill(process1.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _alive(process1.pid, process1.create_time) and time.monotonic() < deadline:
+        time.sleep(0.02)  # it dies asynchronously; nothing to wait on
+    assert not _alive(process1.pid, process1.create_time)
     transcripts = list(Path(claude_env["CLAUDE_CONFIG_DIR"]).glob("projects/*/*.jsonl"))
     assert [t.stem for t in transcripts] == [session1.session_id], transcripts
     stalled_request = provider.message_requests[-1]
@@ -169,13 +187,15 @@ def kill_and_restart(
         [*TC, "run", "--no-live"], env=env, capture_output=True, text=True, timeout=180
     )
     assert second.returncode == 0, (second.stdout, second.stderr)
-    assert not group_alive(process1.pgid), "the leftover CLI group outlived the restart"
-    assert not _alive(process1.pid, process1.create_time)
+    assert not any(cli.is_running() and cli.status() != "zombie" for cli in clis), (
+        "the leftover CLI outlived the restart"
+    )
 
     events = journal_events(home)
     (end1,) = events_of(events, AttemptFinished, "hello#1")
     assert end1.outcome is Outcome.INTERRUPTED
-    assert end1.error is not None and "leftover process group was killed" in end1.error
+    assert end1.error is not None and "run marker were killed" in end1.error
+    assert not events_of(events, AttemptAdopted, "hello#1")
     (dispatch2,) = events_of(events, AttemptDispatched, "hello#2")
     assert dispatch2.resume_of == "hello#1"
     (ws1,) = events_of(events, WorkspacePrepared, "hello#1")

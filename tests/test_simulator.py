@@ -240,7 +240,11 @@ def test_each_fault_kind_happens_and_the_backlog_still_completes(faults: Faults,
         assert failures["timeout"] > 0
     if kind in ("orchestrator_crash", "store_failure"):
         assert sum(r.recoveries for r in reports) == injected
-        assert failures["interrupted"] > 0
+        # Supervisors survive the crashes: their agents are adopted or ended while down,
+        # and only an attempt whose agent never started is interrupted.
+        assert sum(r.adopted + r.finished_while_down for r in reports) > 0
+        assert sum(r.lost for r in reports) == 0
+        assert failures["interrupted"] == sum(r.unstarted for r in reports)
     if kind == "slow_commit":
         slow = max(r.max_batch for r in reports)
         assert slow > max(
@@ -407,7 +411,13 @@ def test_hundreds_of_seeds_with_every_fault_on_keep_every_invariant(tmp_path: Pa
         config = SchedulerConfig(max_agents=1 + seed % 12, per_project=[None, 3][seed % 5 == 0])
         report = simulate(DEMO, config, seed=seed, faults=ALL_FAULTS)
         seen.update(report.faults)
-        recoveries.update(snapshot=report.from_snapshot, replay=report.full_replay)
+        recoveries.update(
+            snapshot=report.from_snapshot,
+            replay=report.full_replay,
+            adopted=report.adopted,
+            finished_while_down=report.finished_while_down,
+            lost=report.lost,
+        )
         command = replay_command(None, seed=seed, config=config, faults=ALL_FAULTS)
         failures += filter(None, [check(report, command)])
     dag_seeds = range(10_000, 11_000)
@@ -422,8 +432,8 @@ def test_hundreds_of_seeds_with_every_fault_on_keep_every_invariant(tmp_path: Pa
         failures += filter(None, [check(report, command)])
     elapsed = time.perf_counter() - started
     assert not failures, "\n".join(failures[:10])
-    assert all(seen[kind] > 0 for kind in FAULT_KINDS), seen
-    assert recoveries["snapshot"] > 0 and recoveries["replay"] > 0, recoveries
+    assert all(seen[kind] > 0 for kind in (*FAULT_KINDS, "supervisor_lost")), seen
+    assert all(n > 0 for n in recoveries.values()) and len(recoveries) == 5, recoveries
     print(
         f"{len(demo_seeds) + len(dag_seeds)} seeds in {elapsed:.1f}s; faults {dict(seen)};"
         f" recoveries {dict(recoveries)}"

@@ -427,6 +427,12 @@ def show_attempt(attempt: AttemptRecord, now: float) -> None:
         ),
         ("limit_hit", attempt.limit_hit and views.limit_hit_text(attempt.limit_hit, now)),
         ("failure", views.failure_text(attempt)),
+        (
+            "adopted",
+            attempt.adoptions
+            and f"{attempt.adoptions}x (its agent outlived the tc run that started it)",
+        ),
+        ("turns", attempt.turns and f"{attempt.turns} reported, {data['turn_usage']}"),
     ]
     lines += [
         (key, data[key])

@@ -40,6 +40,7 @@ _RATE_FLAGS = {
     "orchestrator_crash": "--crash-rate",
     "store_failure": "--store-failure-rate",
     "slow_disk": "--slow-disk-rate",
+    "supervisor_lost": "--supervisor-lost-rate",
 }
 
 
@@ -123,6 +124,10 @@ def simulate_command(
     crash_rate: Annotated[float | None, typer.Option(help="Orchestrator, per commit.")] = None,
     store_failure_rate: Annotated[float | None, typer.Option(help="Per commit.")] = None,
     slow_disk_rate: Annotated[float | None, typer.Option(help="Per commit.")] = None,
+    supervisor_lost_rate: Annotated[
+        float | None,
+        typer.Option(help="Per agent running at an orchestrator crash: its supervisor dies too."),
+    ] = None,
     mean_duration: Annotated[
         float,
         typer.Option(help="Mean seconds per attempt of claude/command tasks without sim settings."),
@@ -144,6 +149,7 @@ def simulate_command(
             "orchestrator_crash": crash_rate,
             "store_failure": store_failure_rate,
             "slow_disk": slow_disk_rate,
+            "supervisor_lost": supervisor_lost_rate,
         },
     )
     options = SimOptions(mean_duration_s=mean_duration)
@@ -190,6 +196,11 @@ def _print_report(report: SimReport) -> None:
             "recoveries",
             f"{report.recoveries} ({report.from_snapshot} from snapshot,"
             f" {report.full_replay} by full replay)",
+        ),
+        (
+            "agents at recovery",
+            f"{report.adopted} adopted, {report.finished_while_down} finished while down,"
+            f" {report.lost} lost with their supervisor, {report.unstarted} never started",
         ),
         ("journal", f"{report.events} events in {report.commits} commits"),
     ]

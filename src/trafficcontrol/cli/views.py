@@ -68,6 +68,7 @@ def attempt_dict(attempt: AttemptRecord) -> dict[str, Any]:
         "usage": usage_dict(attempt.usage),
         "turns": attempt.turns,
         "turn_usage": usage_dict(attempt.turn_usage),
+        "adoptions": attempt.adoptions,
         "context_tokens": attempt.context_tokens,
         "context_peak": attempt.context_peak,
         "handoff": attempt.handoff,

@@ -40,7 +40,8 @@ class SimReport(msgspec.Struct, kw_only=True):
     outcomes: dict[str, int]
     failures: dict[str, int]
     """Ended attempts that did not succeed, by kind: agent_failure (the task's simulated
-    failure), agent_crash, timeout (hangs end here), interrupted (orchestrator crash)."""
+    failure), agent_crash, timeout (hangs end here), interrupted (an orchestrator crash
+    lost the attempt's supervisor, or came before its agent started)."""
     retries: int
     """Attempts started again after a back-off (``task_woken`` events)."""
     faults: dict[str, int]
@@ -49,6 +50,17 @@ class SimReport(msgspec.Struct, kw_only=True):
     """Crashes recovered from."""
     from_snapshot: int
     full_replay: int
+    adopted: int
+    """Attempts whose agent outlived a crash and ran on: adopted by the recovery
+    (``AttemptAdopted``) and followed to their end."""
+    finished_while_down: int
+    """Attempts whose agent ended while no orchestrator ran: adopted as finished, their
+    real end journaled from the exit record."""
+    lost: int
+    """Attempts whose supervisor died with the orchestrator: journaled interrupted."""
+    unstarted: int
+    """Attempts journaled as dispatched whose agent a crash kept from starting:
+    journaled interrupted."""
     events: int
     commits: int
     max_batch: int
@@ -78,6 +90,7 @@ def build_report(
     busy_agent_s: float,
     faults: dict[str, int],
     recoveries: tuple[int, int],
+    leftovers: dict[str, int],
     commits: int,
     max_batch: int,
     violations: list[str],
@@ -126,6 +139,10 @@ def build_report(
         recoveries=from_snapshot + full_replay,
         from_snapshot=from_snapshot,
         full_replay=full_replay,
+        adopted=leftovers["adopted"],
+        finished_while_down=leftovers["finished_while_down"],
+        lost=leftovers["lost"],
+        unstarted=leftovers["unstarted"],
         events=len(journal),
         commits=commits,
         max_batch=max_batch,

@@ -7,23 +7,34 @@ arrived, ``decide``, turn each command into its event exactly as the runtime doe
 (Dispatch → AttemptDispatched, StopAttempt → AttemptStopRequested, WakeTask →
 TaskWoken), commit the batch to an in-memory journal (group commit), then act: start
 or stop simulated agents. Recovery mirrors ``Orchestrator.recover`` + ``_start``:
-newest snapshot + journal tail, then every attempt still running is journaled
-``interrupted`` (its agent is gone) before ``OrchestratorStarted``.
+newest snapshot + journal tail, then ``recovery.account_for_leftovers`` with a finder
+that reads the supervisors' files (``sim_agents.SupervisorFiles``), as the runtime's
+``AdoptingBackend.find`` does. An attempt whose supervisor is gone without an exit
+record (lost with the orchestrator, or never started) is journaled ``interrupted``;
+every other one is journaled ``AttemptAdopted`` before ``OrchestratorStarted`` and then
+followed as ``AgentPool.adopt`` follows it: its reports from the first the journal
+lacks (``report_no`` above ``AttemptRecord.reports``: those the crash dropped), then
+its end — at once from the exit record when it ended while no orchestrator ran, else
+when it ends; a stop the journal asked for is carried out (a second stop is a no-op).
+As the pool does, what an adopting orchestrator relays is stamped with its own clock.
 
 Faults (``sim_faults.Faults``): agents that crash or hang, an orchestrator crash at
 a commit boundary (before the commit: the batch is lost; after it: its agents never
 start; after acting), a failed append (the batch is lost and the orchestrator
 crashes), slow commits during which agent events pile up. A crash drops everything
-in memory — state, inbox, running agents — and only the journal and the snapshots
-survive.
+in memory — state, inbox — and only the journal, the snapshots and the agents (under
+their supervisors, unless ``supervisor_lost``) survive.
 
 Invariants: every committed event goes through ``InvariantChecker`` with the
 journal's own fold (never the orchestrator's memory, which a crash may drop), every
 ``decide`` through ``check_no_deadlock``, and every recovery is compared with a full
-replay; the first violation stops the run. Everything random comes from
-``random.Random(seed)`` (agents: from generators keyed by the seed, see
-``sim_faults``), iteration is over lists and insertion-ordered dicts only, so a seed
-replays the same journal. Rejected alternative: driving the real asyncio
+replay; the first violation stops the run. At the end, exactly once: an attempt whose
+agent ended has that end journaled (an agent that succeeded is never run again), each
+report is journaled once, and every turn an agent reported is counted once. A stray
+agent (one running for an attempt the journal ended) is a violation at each recovery.
+Everything random comes from ``random.Random(seed)`` (agents: from generators keyed
+by the seed, see ``sim_faults``), iteration is over lists and insertion-ordered dicts
+only, so a seed replays the same journal. Rejected alternative: driving the real asyncio
 ``Orchestrator`` with a virtual clock — the event loop's scheduling order is not
 ours to fix, and 500 seeds in CI need a loop without asyncio's overhead.
 """
@@ -32,6 +43,10 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections import Counter
+from pathlib import Path
+
+import msgspec
 
 from trafficcontrol.adapters.agents.sim import sample_output
 from trafficcontrol.domain import snapshot
@@ -42,30 +57,36 @@ from trafficcontrol.domain.decide import (
 from trafficcontrol.domain.events import (
     AgentSessionStarted,
     AnyEvent,
+    AttemptAdopted,
     AttemptDispatched,
     AttemptFinished,
     AttemptStopRequested,
     CapacityConfigured,
     OrchestratorStarted,
     OrchestratorStopped,
+    RateLimitObserved,
     ResilienceConfigured,
+    TurnUsageReported,
     WorkspacePrepared,
 )
 from trafficcontrol.domain.invariants import InvariantChecker, check_no_deadlock
-from trafficcontrol.domain.model import TaskState
+from trafficcontrol.domain.model import AttemptId, Outcome, TaskState
+from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.requests import SubmitRequest, plan_submit
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.domain.workflows import StepOutcome
+from trafficcontrol.ports import Leftover
 from trafficcontrol.runtime.pool import classified, command_event
 from trafficcontrol.runtime.prompts import step_of
-from trafficcontrol.runtime.recovery import interrupt_leftovers
+from trafficcontrol.runtime.recovery import Accounting, account_for_leftovers
 from trafficcontrol.runtime.sim_agents import SimAgents, sim_settings, with_hang_timeouts
-from trafficcontrol.runtime.sim_faults import Faults, SimOptions
+from trafficcontrol.runtime.sim_faults import CRASH_POINTS, CrashPoint, Faults, SimOptions
 from trafficcontrol.runtime.sim_report import SimReport, build_report
 
 LOGS_ROOT = "/simulated/logs"
 WORKTREES_ROOT = "/simulated/worktrees"
-_CRASH_POINTS = ("before the commit", "after the commit", "after acting")
+LEFTOVER_KINDS = ("adopted", "finished_while_down", "lost", "unstarted")
+"""How a recovery found the attempts the journal said run (``SimReport`` counts)."""
 
 
 def _no_marked(_markers: object) -> set[str]:
@@ -78,7 +99,7 @@ def _no_leftover(_pid: int, _pgid: int, _create_time: float) -> bool:
 
 
 class _Crash(Exception):
-    """The orchestrator died; only the journal and the snapshots survive."""
+    """The orchestrator died; only the journal, the snapshots and the agents survive."""
 
 
 class Simulator:
@@ -130,7 +151,15 @@ class Simulator:
         """Every violation found (the checker's list, shared)."""
         self.crashes: list[str] = []
         """When and why the orchestrator crashed, in order."""
-        self.fault_counts = dict.fromkeys(("orchestrator_crash", "store_failure", "slow_commit"), 0)
+        self.fault_counts = dict.fromkeys(
+            ("orchestrator_crash", "store_failure", "slow_commit", "supervisor_lost"), 0
+        )
+        self._scheduled = sorted(self.faults.crashes, key=lambda c: c.at_s)
+        """Scheduled crashes still to come, soonest first."""
+        self.leftovers: dict[str, set[AttemptId]] = {kind: set() for kind in LEFTOVER_KINDS}
+        """Attempts by how a committed recovery found them (``LEFTOVER_KINDS``)."""
+        self._found: dict[str, list[AttemptId]] = {}
+        """The recovery batch being committed: counted once it is durable."""
 
     # -- the run ------------------------------------------------------------------------
     def run(self) -> SimReport:
@@ -174,6 +203,8 @@ class Simulator:
                 break
             if self.options.until_s is not None and self.now >= self.options.until_s:
                 break
+        if not self.violations:
+            self._check_exactly_once(settled=settled)
         self.checker.finish(self.replica, settled=settled)
         return self.report(settled=settled and not self.violations)
 
@@ -192,6 +223,7 @@ class Simulator:
                 **self.fault_counts,
             },
             recoveries=(self._from_snapshot, self._full_replay),
+            leftovers={kind: len(ids) for kind, ids in self.leftovers.items()},
             commits=self._commits,
             max_batch=self._max_batch,
             violations=list(self.violations),
@@ -274,11 +306,8 @@ class Simulator:
         self._inbox.append(
             WorkspacePrepared(at=self.now, attempt_id=event.attempt_id, path=workdir, branch=branch)
         )
-        self._inbox.append(
-            AgentSessionStarted(
-                at=self.now, attempt_id=event.attempt_id, session_id=plan.session_id
-            )
-        )
+        # Its supervisor's first report (the session), relayed as it is written.
+        self._inbox.extend(self.agents.files[event.attempt_id].unread(0))
 
     # -- the journal, crashes and recovery ---------------------------------------------------
     def _commit(self, events: list[AnyEvent]) -> None:
@@ -293,10 +322,15 @@ class Simulator:
         )
         if may_crash and faults.store_failure > 0 and rng.random() < faults.store_failure:
             self._crash(f"store write failure: a batch of {len(events)} lost", "store_failure")
-        point = None
-        if may_crash and faults.orchestrator_crash > 0 and rng.random() < faults.orchestrator_crash:
-            point = rng.choice(_CRASH_POINTS)
-        if point == _CRASH_POINTS[0]:
+        point = self._scheduled_crash()
+        if (
+            point is None
+            and may_crash
+            and faults.orchestrator_crash > 0
+            and rng.random() < faults.orchestrator_crash
+        ):
+            point = rng.choice(CRASH_POINTS)
+        if point == CRASH_POINTS[0]:
             self._crash(f"orchestrator crash {point}", "orchestrator_crash")
         latency = self.options.commit_s
         if faults.slow_disk > 0 and rng.random() < faults.slow_disk:
@@ -310,9 +344,15 @@ class Simulator:
             self.snapshots.append(snapshot.encode(state))
             del self.snapshots[: -self.options.keep_snapshots]
             self._last_snapshot = self.now
-        if point == _CRASH_POINTS[1]:
+        if point == CRASH_POINTS[1]:
             self._crash(f"orchestrator crash {point}", "orchestrator_crash")
-        self._crash_after_acting = point == _CRASH_POINTS[2]
+        self._crash_after_acting = point == CRASH_POINTS[2]
+
+    def _scheduled_crash(self) -> CrashPoint | None:
+        """The point of a scheduled crash now due (``Faults.crashes``), taking it."""
+        if self._scheduled and self._scheduled[0].at_s <= self.now:
+            return self._scheduled.pop(0).point
+        return None
 
     def _append(self, events: list[AnyEvent]) -> None:
         """Make ``events`` durable, checking each against the journal so far."""
@@ -322,11 +362,15 @@ class Simulator:
                 break
         self._commits += 1
         self._max_batch = max(self._max_batch, len(events))
+        if self._found and isinstance(events[-1], OrchestratorStarted):
+            for kind, ids in self._found.items():  # the recovery batch is durable
+                self.leftovers[kind].update(ids)
+            self._found = {}
 
     def _crash(self, reason: str, kind: str) -> None:
-        """Lose everything in memory: state, inbox, agents (killed with the process)."""
+        """Lose everything in memory: state, inbox. The agents run on (module notes)."""
         self.fault_counts[kind] += 1
-        self.agents.kill_all(self.now)
+        self.fault_counts["supervisor_lost"] += self.agents.orchestrator_died(self.now)
         self._inbox.clear()
         self.state = None
         self._next_wakeup = None
@@ -354,10 +398,19 @@ class Simulator:
                 self._compare_with_replay(state)
         self._starts += 1
         self.state = state
-        # Nothing outlives a simulated orchestrator: there are no leftovers to kill.
-        events: list[AnyEvent] = list(
-            interrupt_leftovers(state, _no_leftover, self.now, _no_marked)
+        # What the agents wrote while no orchestrator ran is in their files only.
+        self.agents.ended(self.now)
+        # Nothing of a lost agent is left to kill; the others are found by their files.
+        accounting = account_for_leftovers(
+            state, _no_leftover, self.now, _no_marked, self._find_leftover
         )
+        events: list[AnyEvent] = list(accounting.ends)
+        events += [
+            AttemptAdopted(
+                at=self.now, attempt_id=aid, instance=self._instance(), finished=found.finished
+            )
+            for aid, found in accounting.adopt
+        ]
         events.append(
             OrchestratorStarted(
                 at=self.now,
@@ -368,7 +421,106 @@ class Simulator:
         )
         for event in events:
             apply(state, event)
+        self._found = self._kinds(accounting)
         self._commit(events)
+        for aid, found in accounting.adopt:
+            self._adopt(state.attempts[aid], finished=found.finished)
+        self._check_no_stray_agent(state)
+
+    def _find_leftover(self, attempt: AttemptRecord) -> Leftover | None:
+        """``AdoptingBackend.find`` on the simulated supervisors: the agent runs, or its
+        exit record is written; None when it is gone without one (or never started)."""
+        if self.agents.running(attempt.id):
+            finished = False
+        else:
+            files = self.agents.files.get(attempt.id)
+            if files is None or files.exit is None:
+                return None
+            finished = True
+        return Leftover(
+            log_path=Path(attempt.log_path), pid=None, create_time=None, finished=finished
+        )
+
+    def _kinds(self, accounting: Accounting) -> dict[str, list[AttemptId]]:
+        """The attempts of a recovery by ``LEFTOVER_KINDS``."""
+        found: dict[str, list[AttemptId]] = {kind: [] for kind in LEFTOVER_KINDS}
+        for aid, leftover in accounting.adopt:
+            found["finished_while_down" if leftover.finished else "adopted"].append(aid)
+        for end in accounting.ends:
+            found["lost" if end.attempt_id in self.agents.files else "unstarted"].append(
+                end.attempt_id
+            )
+        return found
+
+    def _adopt(self, attempt: AttemptRecord, *, finished: bool) -> None:
+        """``AgentPool.adopt``: relay the reports the journal lacks, then the end if the
+        agent ended while down; else carry out the stop the journal asked for (the old
+        orchestrator may have crashed before acting on it)."""
+        files = self.agents.files[attempt.id]
+        now = self.now
+        self._inbox.extend(
+            msgspec.structs.replace(report, at=now) for report in files.unread(attempt.reports)
+        )
+        if finished:
+            assert files.exit is not None, "adopted as finished without an exit record"
+            rules = self._live().resilience.config.rules
+            self._inbox.append(classified(msgspec.structs.replace(files.exit, at=now), rules))
+        elif attempt.stop_reason is not None:
+            self.agents.stop(attempt.id, attempt.stop_reason, now)
+
+    def _check_no_stray_agent(self, state: State) -> None:
+        """After a recovery, every agent still running belongs to a running attempt:
+        one the journal ended would run on beside its task's next attempt."""
+        for attempt_id in self.agents.live():
+            if attempt_id not in state.running:
+                self.violations.append(
+                    f"at seq {state.seq}: the agent of attempt {attempt_id} runs on, but the"
+                    " journal has ended its attempt: its task may run twice at once"
+                )
+
+    def _check_exactly_once(self, *, settled: bool) -> None:
+        """Each report journaled once; every ended agent's end journaled as it ended
+        (an agent that succeeded is never run again); its turns counted once each; and
+        no agent outlives a settled run."""
+        if settled and self.agents.live():
+            self.violations.append(
+                f"at the end: agents still run for attempts {self.agents.live()}"
+            )
+        turns: Counter[AttemptId] = Counter()
+        seen: set[tuple[AttemptId, int]] = set()
+        for seq, event in enumerate(self.journal, 1):
+            if not isinstance(event, (AgentSessionStarted, TurnUsageReported, RateLimitObserved)):
+                continue
+            if isinstance(event, TurnUsageReported):
+                turns[event.attempt_id] += 1
+            if event.report_no is None:
+                continue
+            key = (event.attempt_id, event.report_no)
+            if key in seen:
+                self.violations.append(
+                    f"at seq {seq}: report {event.report_no} of attempt {event.attempt_id}"
+                    " is journaled twice"
+                )
+            seen.add(key)
+        for attempt_id, files in self.agents.files.items():
+            self._check_attempt_once(attempt_id, files.exit, files.turns, turns[attempt_id])
+
+    def _check_attempt_once(
+        self, attempt_id: AttemptId, end: AttemptFinished | None, reported: int, counted: int
+    ) -> None:
+        journaled = self.replica.attempts[attempt_id].outcome
+        if end is not None and journaled is not None and journaled is not end.outcome:
+            rerun = "its task ran again" if end.outcome is Outcome.SUCCEEDED else "lost its end"
+            self.violations.append(
+                f"at the end: attempt {attempt_id}'s agent ended {end.outcome}, but the"
+                f" journal records it {journaled}: {rerun}"
+            )
+        complete = end is not None and journaled is not None
+        if counted > reported or (complete and counted != reported):
+            self.violations.append(
+                f"at the end: attempt {attempt_id} reported {reported} turns, the journal"
+                f" counts {counted}"
+            )
 
     def _compare_with_replay(self, recovered: State) -> None:
         how = "snapshot + tail" if self.snapshots else "replay"

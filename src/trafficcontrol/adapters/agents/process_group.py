@@ -231,8 +231,8 @@ def _poll_until_gone(pgid: int, timeout_s: float) -> bool:
 
 # -- finding an attempt's processes by the marker they inherit ------------------------------
 RUN_MARKER_ENV = "TC_AGENT_RUN"
-"""Every agent process carries it (and passes it on): the attempt's log path, unique per
-state home and attempt, and journaled at dispatch — so a restarted orchestrator finds an
+"""Every agent process carries it (and passes it on), and so does the attempt's supervisor:
+the attempt's log path, unique per state home and attempt, and journaled at dispatch — so a restarted orchestrator finds an
 attempt's processes even when their pid never reached the journal, or when they left
 the process group (Claude Code's Bash tool starts each command in a new session)."""
 
@@ -244,9 +244,10 @@ def run_marker(request: AgentRequest) -> str:
 def marked_processes(marker: str) -> list[psutil.Process]:
     """Live processes of any parentage that inherited ``marker``. Blocking (a /proc scan)."""
     found = []
+    me = os.getpid()  # a supervisor carries its attempt's marker: it never stops itself
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if proc.environ().get(RUN_MARKER_ENV) == marker and not _gone(proc):
+            if proc.pid != me and proc.environ().get(RUN_MARKER_ENV) == marker and not _gone(proc):
                 found.append(proc)
     return found
 
@@ -289,10 +290,11 @@ def kill_marked(markers: Collection[str], grace_s: float) -> set[str]:
     wanted = set(markers)
     procs = []
     found: set[str] = set()
+    me = os.getpid()
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             marker = proc.environ().get(RUN_MARKER_ENV)
-            if marker in wanted and not _gone(proc):
+            if proc.pid != me and marker in wanted and not _gone(proc):
                 procs.append(proc)
                 found.add(marker)
     for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, _MARKED_KILL_WAIT_S)):

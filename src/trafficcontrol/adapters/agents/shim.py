@@ -39,8 +39,6 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-import msgspec
-
 from trafficcontrol.adapters.agents.process_group import create_time_of
 from trafficcontrol.adapters.agents.supervision import (
     AttemptFiles,
@@ -55,8 +53,8 @@ from trafficcontrol.adapters.agents.supervision import (
     encode_report,
     exit_record_of,
     request_of,
-    write_atomically,
     write_exit_record,
+    write_shim_id,
 )
 from trafficcontrol.domain.model import FailureEvidence, Outcome, Usage
 from trafficcontrol.errors import TrafficControlError
@@ -112,8 +110,7 @@ async def supervise(spec: Spec, backend: AgentBackend) -> ExitRecord:
     files = AttemptFiles(Path(spec.log_path))
     pid = os.getpid()
     # Who we are, for an orchestrator that restarts before our pid reached its journal.
-    identity = msgspec.json.encode(ShimId(pid=pid, create_time=create_time_of(pid)))
-    write_atomically(files.shim, identity, mode=0o600, sync=False)
+    write_shim_id(files.shim, ShimId(pid=pid, create_time=create_time_of(pid)))
     reporter = FileReporter(files.reports)
     run = asyncio.create_task(backend.run(request_of(spec), reporter), name="attempt")
     loop = asyncio.get_running_loop()

@@ -59,12 +59,14 @@ from trafficcontrol.adapters.agents.supervision import (
     RateLimitReport,
     ReportReader,
     SessionReport,
+    ShimId,
     SupervisionError,
     TurnReport,
     read_exit_record,
     read_shim_id,
     result_of,
     spec_of,
+    write_shim_id,
     write_spec,
 )
 from trafficcontrol.domain.model import FailureEvidence, Outcome
@@ -146,7 +148,12 @@ class SupervisedBackend:
                 )
         except OSError as e:
             raise AgentError(f"cannot start the attempt's supervisor ({self._python}): {e}") from e
-        reporter.process_started(process.pid, process.pid, create_time_of(process.pid))
+        create_time = create_time_of(process.pid)
+        # Written here as well as by the supervisor: a crash before its pid is journaled
+        # must not leave a running supervisor that nobody can find.
+        with contextlib.suppress(OSError):
+            write_shim_id(files.shim, ShimId(pid=process.pid, create_time=create_time))
+        reporter.process_started(process.pid, process.pid, create_time)
         return await self._follow(files, _ChildShim(process), reporter, after=0)
 
     # -- adoption ----------------------------------------------------------------------

@@ -157,6 +157,10 @@ class ShimId(msgspec.Struct, frozen=True, kw_only=True):
     create_time: float
 
 
+def write_shim_id(path: Path, shim: ShimId) -> None:
+    write_atomically(path, msgspec.json.encode(shim), mode=0o600, sync=False)
+
+
 def read_shim_id(path: Path) -> ShimId | None:
     """None when the supervisor never wrote it (it died first, or never started)."""
     if not path.exists():
