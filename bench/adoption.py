@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.adoption            # the full run (about a minute and a half on 2 cores)
+    python -m bench.adoption            # the full run (under a minute on 2 cores)
     python -m bench.adoption --quick    # a small run for smoke tests
     python -m bench.adoption --json     # the same numbers as one JSON object
 
@@ -42,10 +42,10 @@ bench holds by its pid; all of them are killed at the end, whatever happens.
     plain ``CommandBackend``, and by a bare ``asyncio.create_subprocess_exec`` (the
     floor). References: spawn -> exit of ``python -c pass`` and of
     ``python -c "import trafficcontrol.cli.supervise"`` (the supervisor's own start).
-    Then ``--idle-shims`` (10) supervisors of a sleeping agent, followed by this
-    process: each one's RSS and USS and CPU while idle, beside a bare idle Python
-    interpreter, and this process's CPU spent following them (report polls every
-    ``poll_s`` = 50 ms per attempt), per followed attempt.
+    Then ``--idle-shims`` (as many as ``--held``) supervisors of a sleeping agent,
+    followed by this process: each one's RSS and USS and CPU while idle, beside a bare
+    idle Python interpreter, and this process's CPU spent following them all (report
+    polls every ``poll_s`` = 50 ms per attempt).
 """
 
 from __future__ import annotations
@@ -130,7 +130,9 @@ def make_app(home: Path, **run: Any) -> App:
 
 def _submit(app: App, project: ProjectSpec, n: int, prefix: str) -> None:
     tasks = [
-        TaskSpec(id=TaskId(f"{prefix}{i:03d}"), project=project.id, title=f"{prefix} {i}", prompt="p")
+        TaskSpec(
+            id=TaskId(f"{prefix}{i:03d}"), project=project.id, title=f"{prefix} {i}", prompt="p"
+        )
         for i in range(n)
     ]
     result = app.request(SubmitRequest(source="bench", projects=[project], tasks=tasks))
@@ -196,7 +198,9 @@ def build_home(root: Path, held: int, queued: int, quiet: bool) -> dict[str, Any
 
     def all_started() -> bool:
         if run.poll() is not None:
-            raise SystemExit(f"bench: tc run exited {run.returncode}:\n{_tail(root / 'tc-run.err')}")
+            raise SystemExit(
+                f"bench: tc run exited {run.returncode}:\n{_tail(root / 'tc-run.err')}"
+            )
         for seq, event in journal.read(after=seen["seq"]):
             seen["seq"] = seq
             seen["processes"] += isinstance(event, AgentProcessStarted)
@@ -335,7 +339,10 @@ def _measure(built: dict[str, Any], root: Path, name: str) -> dict[str, Any]:
 
 def run_start_cases(built: dict[str, Any], root: Path, repeat: int, quiet: bool) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {
-        "live": [], "floor": [], "finished": [], "interrupted": []
+        "live": [],
+        "floor": [],
+        "finished": [],
+        "interrupted": [],
     }
     bare = [_spawn("bare") for _ in range(repeat)]
     for r in range(repeat):
@@ -450,7 +457,9 @@ async def run_overhead(root: Path, attempts: int) -> dict[str, Any]:
     out: dict[str, Any] = {"attempts": attempts}
     for kind, rows in samples.items():
         out[kind] = {
-            "start_ms": statistics.median(r[0] for r in rows) if kind in ("raw", *backends) else None,
+            "start_ms": statistics.median(r[0] for r in rows)
+            if kind in ("raw", *backends)
+            else None,
             "round_ms": statistics.median(r[1] for r in rows),
             "samples": len(rows),
         }
@@ -477,8 +486,8 @@ async def run_idle(root: Path, shims: int, sample_s: float) -> dict[str, Any]:
         asyncio.create_task(backend.run(_request(root, f"idle{i:03d}", script), reporters[i]))
         for i in range(shims)
     ]
-    bare = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(3600)"], stdin=subprocess.DEVNULL
+    bare = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(3600)", stdin=asyncio.subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + DEADLINE_S
@@ -500,7 +509,7 @@ async def run_idle(root: Path, shims: int, sample_s: float) -> dict[str, Any]:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
         bare.kill()
-        bare.wait()
+        await bare.wait()
     mb = 1e6
     return {
         "shims": shims,
@@ -552,7 +561,9 @@ def report(r: dict[str, Any]) -> str:
                 "",
             ),
         ]
-    rows.append(("(a) a child that only imports and exits", f"{bare['from_exec_s']:.2f} s", "", "", ""))
+    rows.append(
+        ("(a) a child that only imports and exits", f"{bare['from_exec_s']:.2f} s", "", "", "")
+    )
     sup, cmd, raw = b["supervised"], b["command"], b["raw"]
     rows += [
         (
@@ -585,7 +596,8 @@ def report(r: dict[str, Any]) -> str:
         ),
         (
             "    its CPU while idle / the follower's, per attempt",
-            f"{idle['shim_cpu_share'] * 100:.3f} / {idle['follower_cpu_share_per_attempt'] * 100:.3f} %",
+            f"{idle['shim_cpu_share'] * 100:.3f}"
+            f" / {idle['follower_cpu_share_per_attempt'] * 100:.3f} %",
             f"{idle['bare_python_cpu_share'] * 100:.3f} % bare python",
             "",
             "",
@@ -600,8 +612,11 @@ def report(r: dict[str, Any]) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    before, after = r["load_avg_1m"]
     lines += [
         "",
+        f"load average (1 min) {before:.2f} before, {after:.2f} after; processes left to kill at"
+        f" the end: {r['left_to_kill']}",
         f"(a) {held} agents under tc run started in {a['all_started_s']:.1f} s, then SIGKILL;"
         f" {a['queued']} queued; medians of {cases['live']['runs']} runs;"
         f" exit records after SIGTERM to the agents: {r['start']['exit_records']}",
@@ -609,7 +624,8 @@ def report(r: dict[str, Any]) -> str:
     for name in ("live", "floor", "finished", "interrupted"):
         c = cases[name]
         lines.append(
-            f"    {name}: exec->main {c['entered_s']:.2f} s, App.start()+check {c['start_s']:.2f} s,"
+            f"    {name}: exec->main {c['entered_s']:.2f} s,"
+            f" App.start()+check {c['start_s']:.2f} s,"
             f" start batch committed at {c['start_batch_s']:.2f} s ({c['adopted']} adopted,"
             f" {c['adopted_finished']} of them finished, {c['interrupted']} interrupted);"
             f" from exec {c['from_exec_range_s'][0]:.2f}-{c['from_exec_range_s'][1]:.2f} s;"
@@ -618,8 +634,8 @@ def report(r: dict[str, Any]) -> str:
     lines.append(
         f"(b) {b['attempts']} rounds; overhead per attempt: start +{b['start_overhead_ms']:.1f} ms,"
         f" round trip +{b['round_overhead_ms']:.1f} ms; idle sampled {idle['sample_s']:.1f} s;"
-        f" following {held} attempts ~ {idle['follower_cpu_share_per_attempt'] * held * 100:.1f} %"
-        " of a core (extrapolated)"
+        f" following {idle['shims']} attempts:"
+        f" {idle['follower_cpu_share_per_attempt'] * idle['shims'] * 100:.1f} % of a core"
     )
     return "\n".join(lines)
 
@@ -634,10 +650,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queued", type=int, default=None, help="tasks queued while down [10]")
     parser.add_argument("--repeat", type=int, default=None, help="children per case in (a) [5]")
     parser.add_argument("--attempts", type=int, default=None, help="rounds in (b) [30]")
-    parser.add_argument("--idle-shims", type=int, default=None, help="idle supervisors [10]")
+    parser.add_argument("--idle-shims", type=int, default=None, help="idle supervisors [--held]")
     parser.add_argument("--idle-sample", type=float, default=None, help="idle CPU sample [5 s]")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the state homes go")
-    parser.add_argument("--quick", action="store_true", help="5 held, 2 queued, 1 run, 5 rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="5 held, 2 queued, 1 run per case, 5 rounds"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--child", choices=["measure", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
@@ -657,11 +675,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     queued = args.queued or (2 if quick else 10)
     repeat = args.repeat or (1 if quick else 5)
     attempts = args.attempts or (5 if quick else 30)
-    idle_shims = args.idle_shims or (2 if quick else 10)
+    idle_shims = args.idle_shims or held
     idle_sample = args.idle_sample or (1.0 if quick else 5.0)
     quiet = args.json
     if args.tmpdir is not None:
         args.tmpdir.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tc-bench-adoption-", dir=args.tmpdir) as tmp:
         root = Path(tmp)
         try:
@@ -682,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "overhead": overhead,
         "idle": idle,
         "left_to_kill": left,
+        "load_avg_1m": [load_before[0], os.getloadavg()[0]],
         "goals": {"start_s": GOAL_START_S},
         "pass": {
             "start_adopting_live": cases["live"]["from_exec_s"] < GOAL_START_S,

@@ -34,3 +34,35 @@ def test_quick_bench_reports_every_metric_and_runs_each_task_once(tmp_path: Path
         "dispatch_p99_ms",
         "peak_rss_mb",
     }
+
+
+def test_quick_adoption_bench_adopts_every_attempt_and_leaves_no_process(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.adoption", "--quick", "--json", "--tmpdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    held, queued = report["build"]["held"], report["build"]["queued"]
+    cases = report["start"]["cases"]
+    assert (cases["live"]["adopted"], cases["live"]["adopted_finished"]) == (held, 0)
+    assert (cases["finished"]["adopted"], cases["finished"]["adopted_finished"]) == (held, held)
+    assert report["start"]["exit_records"] == {"succeeded": held}
+    assert (cases["interrupted"]["adopted"], cases["interrupted"]["interrupted"]) == (0, held)
+    assert cases["floor"]["running_before"] == 0 and cases["floor"]["interrupted"] == 0
+    for name in ("live", "finished"):  # the adopted run on: only queued tasks can start
+        assert cases[name]["running_before"] == held
+        assert cases[name]["dispatched"] == cases[name]["dispatched_queued"] == queued
+    for name in ("live", "floor", "finished", "interrupted"):
+        assert 0 < cases[name]["from_start_s"] < cases[name]["from_exec_s"]
+    overhead = report["overhead"]
+    for kind in ("supervised", "command", "raw"):
+        assert overhead[kind]["samples"] == overhead["attempts"]
+        assert 0 < overhead[kind]["start_ms"] < overhead[kind]["round_ms"]
+    assert report["idle"]["shim_rss_mb"] > 0 and report["idle"]["shims"] > 0
+    assert report["left_to_kill"] == 0, "every process the bench started was already gone"
+    assert set(report["pass"]) == {"start_adopting_live", "start_adopting_finished"}
+    assert not list(tmp_path.iterdir()), "its state homes are removed"

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.model import (
     AgentSettings,
     AttemptId,
@@ -23,6 +22,9 @@ from trafficcontrol.domain.model import (
     TaskId,
     Usage,
 )
+
+if TYPE_CHECKING:  # the journal's types only: a supervisor imports this module, and fast
+    from trafficcontrol.domain.events import AnyEvent
 
 
 class Clock(Protocol):

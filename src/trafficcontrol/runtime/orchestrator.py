@@ -66,6 +66,7 @@ from trafficcontrol.runtime.pool import AgentPool
 from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, account_for_leftovers
 from trafficcontrol.runtime.requests_server import RequestsServer
 from trafficcontrol.runtime.snapshotter import Snapshotter
+from trafficcontrol.runtime.stats import LoopStats
 from trafficcontrol.runtime.store_buffer import StoreBuffer
 from trafficcontrol.runtime.watchdog import Health, HungWatch, StoreStatus
 
@@ -137,7 +138,11 @@ class Orchestrator:
             retry_max_s=store_retry_max_s,
             shutdown_wait_s=store_shutdown_wait_s,
             on_fold=None if lead is None else lead.note,
+            stats=LoopStats(),
         )
+        self.stats = self._buffer.stats
+        """The loop's own figures (``runtime.stats``): turns, commits, dispatch latency."""
+        self.pool.stats = self.stats
         self._requests = RequestsServer(
             buffer=self._buffer, pool=self.pool, clock=clock, snapshotter=snapshotter
         )
@@ -234,6 +239,7 @@ class Orchestrator:
             )
         )
         await self._buffer.commit(events)
+        self.stats.recovered = True
         for aid, leftover in accounting.adopt:
             log.info("attempt_adopted attempt=%s finished=%s", aid, leftover.finished)
             self.pool.adopt(self.state.attempts[aid], leftover)
@@ -262,6 +268,7 @@ class Orchestrator:
         While the store is down the turn only folds and buffers (``runtime.store_buffer``).
         """
         store = self._buffer.watch
+        self.stats.turned(self._clock.monotonic())
         if store.ok and self._clock.monotonic() - self._last_poll >= self._request_poll_s:
             self._last_poll = self._clock.monotonic()
             await self._requests.serve(self.state)

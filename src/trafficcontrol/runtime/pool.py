@@ -68,6 +68,7 @@ from trafficcontrol.runtime.inbox import Inbox
 from trafficcontrol.runtime.prompts import attempt_prompt, step_of
 from trafficcontrol.runtime.reporter import InboxReporter
 from trafficcontrol.runtime.rotation import Rotator
+from trafficcontrol.runtime.stats import LoopStats
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,8 @@ class AgentPool:
         """Attempts let go to run on (``detach_all``): they end without a journaled end."""
         self.latencies: list[float] | None = [] if record_latency else None
         """Seconds from "task ready" to "agent started", when recording."""
+        self.stats: LoopStats | None = None
+        """Where dispatch latency is counted (the orchestrator's ``LoopStats``)."""
 
     def command_event(self, command: Command, now: float) -> IntentEvent:
         return command_event(command, now, self._logs_root)
@@ -423,8 +426,12 @@ class AgentPool:
         ready_since: float | None,
     ) -> AttemptFinished:
         backend = self._backends[event.backend]
-        if self.latencies is not None and ready_since is not None:
-            self.latencies.append(self._clock.now() - ready_since)
+        if ready_since is not None:
+            latency = self._clock.now() - ready_since
+            if self.latencies is not None:
+                self.latencies.append(latency)
+            if self.stats is not None:
+                self.stats.dispatch_latency_seconds.observe(max(0.0, latency))
         result = await backend.run(request, reporter)
         return self._finished(event, result, step)
 

@@ -67,6 +67,7 @@ def account_for_leftovers(
     what left its group.
     """
     accounting = Accounting()
+    lost: list[tuple[AttemptRecord, str]] = []
     for attempt in list(state.running.values()):
         note = "the orchestrator stopped before the attempt ended"
         try:
@@ -85,7 +86,11 @@ def account_for_leftovers(
         )
         if killed:
             note += "; its leftover process group was killed"
-        if kill_marked([attempt.log_path]):
+        lost.append((attempt, note))
+    # One scan of the processes for every lost attempt's marker (a scan costs ~1 ms).
+    marked = kill_marked([attempt.log_path for attempt, _ in lost]) if lost else set()
+    for attempt, note in lost:
+        if attempt.log_path in marked:
             note += "; leftover processes carrying its run marker were killed"
         accounting.ends.append(
             AttemptFinished(

@@ -54,6 +54,7 @@ from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import StoreError
 from trafficcontrol.ports import Clock, Journal, Request, RequestResult
 from trafficcontrol.runtime.inbox import Inbox
+from trafficcontrol.runtime.stats import LoopStats
 from trafficcontrol.runtime.watchdog import StoreWatch
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,11 @@ class StoreBuffer:
         retry_max_s: float,
         shutdown_wait_s: float,
         on_fold: Callable[[State, list[AnyEvent]], None] | None = None,
+        stats: LoopStats | None = None,
     ) -> None:
         self._journal = journal
+        self.stats = stats or LoopStats()
+        """Commit durations, and who is told of committed events."""
         self._clock = clock
         self.state = state
         """The state events are folded into (``Orchestrator.recover`` may replace it)."""
@@ -141,7 +145,7 @@ class StoreBuffer:
             batch.append(summary)
         if batch:
             try:
-                last = await self.blocking(self._journal.append, batch)
+                last = await self._append(batch)
             except StoreError as exc:
                 if not exc.retryable:
                     raise
@@ -210,13 +214,23 @@ class StoreBuffer:
         if not events:
             return
         try:
-            last = await self.blocking(self._journal.append, events)
+            last = await self._append(events)
         except StoreError as exc:
             if exc.retryable:
                 self.store_failed(exc)
             raise
         self._apply(events)
         self._check_seq(last)
+
+    async def _append(self, events: list[AnyEvent]) -> int:
+        """Append one batch in the journal's thread, timed, and tell the listeners."""
+        started = self._clock.monotonic()
+        last = await self.blocking(self._journal.append, events)
+        stats = self.stats
+        stats.commit_seconds.observe(self._clock.monotonic() - started)
+        if stats.listeners:
+            stats.committed(last - len(events) + 1, events)
+        return last
 
     def _apply(self, events: list[AnyEvent]) -> None:
         for event in events:

@@ -231,10 +231,11 @@ def _poll_until_gone(pgid: int, timeout_s: float) -> bool:
 
 # -- finding an attempt's processes by the marker they inherit ------------------------------
 RUN_MARKER_ENV = "TC_AGENT_RUN"
-"""Every agent process carries it (and passes it on), and so does the attempt's supervisor:
-the attempt's log path, unique per state home and attempt, and journaled at dispatch — so a restarted orchestrator finds an
-attempt's processes even when their pid never reached the journal, or when they left
-the process group (Claude Code's Bash tool starts each command in a new session)."""
+"""Every agent process carries it (and passes it on), and so does the attempt's
+supervisor: the attempt's log path, unique per state home and attempt, and journaled at
+dispatch — so a restarted orchestrator finds an attempt's processes even when their pid
+never reached the journal, or when they left the process group (Claude Code's Bash tool
+starts each command in a new session)."""
 
 
 def run_marker(request: AgentRequest) -> str:
