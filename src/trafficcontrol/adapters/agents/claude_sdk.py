@@ -74,7 +74,7 @@ import shutil
 import signal
 import sys
 from collections import deque
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args
 
@@ -88,6 +88,7 @@ from trafficcontrol.adapters.agents.process_group import (
     run_marker,
     signal_group,
     stop_marked,
+    to_the_end,
 )
 from trafficcontrol.adapters.system_clock import SystemClock
 from trafficcontrol.domain.model import AgentSettings, FailureEvidence, Outcome, Usage
@@ -235,9 +236,9 @@ class ClaudeBackend:
             try:
                 await asyncio.wait({consumer})
             except asyncio.CancelledError:
-                await _to_the_end(self._stop(consumer, stream, marker))
+                await to_the_end(self._stop(consumer, stream, marker))
                 raise
-            await _to_the_end(stop_marked(marker, self._grace_s))
+            await to_the_end(stop_marked(marker, self._grace_s))
             return consumer.result()
         finally:
             if launcher is not None:
@@ -681,20 +682,3 @@ def _find_child(marker: str) -> int | None:
             if child.environ().get(RUN_MARKER_ENV) == marker:
                 return int(child.pid)
     return None
-
-
-async def _to_the_end(work: Coroutine[Any, Any, _T]) -> _T:
-    """Await ``work`` even if we are cancelled meanwhile; re-raise the cancellation after."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result

@@ -37,8 +37,9 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 
@@ -51,6 +52,41 @@ _KILL_WAIT_S = 5.0
 kernel takes longer; then we give up rather than hang the orchestrator)."""
 _CREATE_TIME_TOLERANCE_S = 0.01
 """psutil derives create_time from clock ticks (1/100 s): equal within one tick."""
+
+
+_T = TypeVar("_T")
+
+
+async def to_the_end(work: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``work`` even if we are cancelled meanwhile; re-raise the cancellation after
+    (a stop that must run to its end)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+def alive_since(pid: int, create_time: float | None) -> bool:
+    """Process ``pid`` lives (not a zombie) and is the one that started at ``create_time``
+    (a reused pid is another process)."""
+    try:
+        proc = psutil.Process(pid)
+        if create_time is None:
+            return False
+        if abs(proc.create_time() - create_time) >= _CREATE_TIME_TOLERANCE_S:
+            return False
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def create_time_of(pid: int) -> float:

@@ -41,17 +41,17 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import psutil
-
 from trafficcontrol.adapters.agents.process_group import (
     RUN_MARKER_ENV,
+    alive_since,
     create_time_of,
     signal_group,
     stop_marked,
+    to_the_end,
 )
 from trafficcontrol.adapters.agents.supervision import (
     AttemptFiles,
@@ -86,7 +86,6 @@ SUPERVISOR_LOST = "SupervisorLost"
 _KILL_MARGIN_S = 5.0
 """Beyond the grace period: how long a stopping supervisor may take to stop its agent
 and exit before it is killed (it escalates to SIGKILL itself after the grace)."""
-_CREATE_TIME_TOLERANCE_S = 0.01
 
 
 class SupervisedBackend:
@@ -168,7 +167,7 @@ class SupervisedBackend:
         if shim is not None:
             candidates.append((shim.pid, shim.create_time))
         for cand_pid, cand_time in candidates:
-            if _alive(cand_pid, cand_time):
+            if alive_since(cand_pid, cand_time):
                 return Leftover(
                     log_path=log_path, pid=cand_pid, create_time=cand_time, finished=False
                 )
@@ -200,7 +199,7 @@ class SupervisedBackend:
             if self._take_detached(files):
                 shim.close()
                 raise
-            await _to_the_end(self._stop(shim, files))
+            await to_the_end(self._stop(shim, files))
             raise
         shim.close()
         _relay(reader, reporter)
@@ -265,17 +264,6 @@ def _lost(error: str, *, exit_code: int | None) -> AgentResult:
             exception=SUPERVISOR_LOST, exit_code=exit_code, message=error[:300]
         ),
     )
-
-
-def _alive(pid: int, create_time: float | None) -> bool:
-    """Process ``pid`` lives (not a zombie) and started at ``create_time``."""
-    try:
-        proc = psutil.Process(pid)
-        if create_time is None or abs(proc.create_time() - create_time) > _CREATE_TIME_TOLERANCE_S:
-            return False
-        return bool(proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 # -- supervisors we wait on ------------------------------------------------------------------
@@ -353,13 +341,13 @@ class _AdoptedShim:
             with contextlib.suppress(OSError):
                 pidfd = os.pidfd_open(pid)
         shim = cls(pid, create_time, pidfd)
-        if pidfd is not None and not _alive(pid, create_time):
+        if pidfd is not None and not alive_since(pid, create_time):
             shim.close()  # the pid was reused between find and here: it is gone
             shim._pidfd = None
         return shim
 
     def _gone(self) -> bool:
-        return not _alive(self._pid, self._create_time)
+        return not alive_since(self._pid, self._create_time)
 
     async def wait(self, timeout: float) -> bool:
         if self._pidfd is None:
@@ -394,22 +382,6 @@ class _AdoptedShim:
                 asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-
-
-async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
-    """Await ``work`` even if we are cancelled meanwhile; re-raise the cancellation after."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
 
 
 class SupervisedHandoffBackend(SupervisedBackend):
