@@ -30,10 +30,11 @@ from trafficcontrol.domain.model import (
     TaskId,
     TaskSpec,
 )
+from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.requests import SubmitRequest
 from trafficcontrol.domain.state import State, apply, fold
 from trafficcontrol.errors import BacklogError
-from trafficcontrol.ports import AgentRequest
+from trafficcontrol.ports import AgentRequest, Leftover
 from trafficcontrol.runtime import simulator as simulator_module
 from trafficcontrol.runtime.sim_agents import plan_attempt
 from trafficcontrol.runtime.sim_faults import Faults, SimOptions
@@ -332,6 +333,27 @@ def test_a_recovery_that_loses_events_is_caught(monkeypatch: pytest.MonkeyPatch)
     bad = [r for r in reports if r.violations]
     assert bad
     assert any("recovery from snapshot + tail differs" in v for r in bad for v in r.violations)
+
+
+def test_a_recovery_that_reruns_an_agent_that_finished_while_down_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flaw issue 15 fixed: exit records ignored, so an agent that succeeded while no
+    orchestrator ran is journaled interrupted and its task runs again."""
+    real_find = Simulator._find_leftover
+
+    def ignoring_exit_records(self: Simulator, attempt: AttemptRecord) -> Leftover | None:
+        found = real_find(self, attempt)
+        return None if found is not None and found.finished else found
+
+    monkeypatch.setattr(Simulator, "_find_leftover", ignoring_exit_records)
+    reports = [
+        simulate(DEMO, SchedulerConfig(max_agents=8), seed=s, faults=Faults(orchestrator_crash=0.2))
+        for s in range(10)
+    ]
+    violations = [v for r in reports for v in r.violations]
+    assert any("ended succeeded, but the journal records it interrupted" in v for v in violations)
+    assert any("its task ran again" in v for v in violations)
 
 
 # -- the CI property: >= 500 seeds, all fault kinds on -------------------------------------
