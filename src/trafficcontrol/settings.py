@@ -75,6 +75,23 @@ class ClaudeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """The Claude Code CLI to run; default: the one bundled with claude-agent-sdk, else PATH."""
 
 
+class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The dashboard, HTTP API and ``/metrics`` served by ``tc run`` (see README, Dashboard)."""
+
+    listen: str | None = None
+    """``[HOST:]PORT`` to serve on while ``tc run`` works (None: no server; ``--http``
+    wins). HOST defaults to 127.0.0.1."""
+    auth: bool = True
+    """Require the token (``<home>/http.token``) on every route but ``/healthz``. Off is
+    refused on any address but a loopback one."""
+    healthy_after_s: float = 10.0
+    """``/healthz`` fails once the loop has not turned for this long."""
+
+    def __post_init__(self) -> None:
+        if self.healthy_after_s <= 0:
+            raise ValueError("http.healthy_after_s must be > 0")
+
+
 class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     seed: int = 0
 
@@ -83,6 +100,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     run: RunSettings = msgspec.field(default_factory=RunSettings)
     claude: ClaudeSettings = msgspec.field(default_factory=ClaudeSettings)
     sim: SimConfig = msgspec.field(default_factory=SimConfig)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     capacity: CapacityConfig = msgspec.field(default_factory=CapacityConfig)
     """The plan usage is metered against: windows, limits, weights (see README, Capacity)."""
     routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)

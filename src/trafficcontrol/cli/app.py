@@ -24,7 +24,7 @@ from rich.markup import escape
 from trafficcontrol import __version__
 from trafficcontrol.adapters.backlog_file import read_backlog
 from trafficcontrol.bootstrap import App, Home
-from trafficcontrol.cli import formats, views
+from trafficcontrol.cli import formats, http, views
 from trafficcontrol.domain.model import (
     Difficulty,
     Priority,
@@ -210,6 +210,7 @@ def run(
             " the next tc run adopts them."
         ),
     ] = False,
+    http_at: http.HttpOption = None,
 ) -> None:
     """Run the backlog in the foreground until it is finished (or Ctrl-C)."""
     app_ = make_app(home)
@@ -219,6 +220,7 @@ def run(
         forever=forever,
         live=live,
         leave_agents_running=leave_agents_running,
+        http_at=http_at,
     )
     raise typer.Exit(code)
 
@@ -230,6 +232,7 @@ def run_app(
     forever: bool,
     live: bool | None,
     leave_agents_running: bool = False,
+    http_at: str | None = None,
 ) -> int:
     if max_agents is not None:
         if max_agents < 1:
@@ -244,6 +247,7 @@ def run_app(
         fail(f"another tc run is already working on {app_.home.root}")
     try:
         try:
+            listener = http.listen(app_, http_at)  # a taken port fails before recovery
             orchestrator, notes = app_.start()
             orchestrator.leave_agents_running = leave_agents_running
             orchestrator.check_backends()
@@ -266,7 +270,7 @@ def run_app(
             )
         show_live = out.is_terminal if live is None else live
         try:
-            asyncio.run(_run(orchestrator, forever=forever, show_live=show_live))
+            asyncio.run(_run(app_, orchestrator, listener, forever=forever, show_live=show_live))
         except TrafficControlError as exc:
             fail(exc.message)
         state = orchestrator.state
@@ -279,10 +283,22 @@ def run_app(
         lock.release()
 
 
-async def _run(orchestrator: Orchestrator, *, forever: bool, show_live: bool) -> None:
+async def _run(
+    app_: App,
+    orchestrator: Orchestrator,
+    listener: http.Listener | None,
+    *,
+    forever: bool,
+    show_live: bool,
+) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, orchestrator.stop)
+    async with http.serving(app_, listener, orchestrator):
+        await _follow(orchestrator, forever=forever, show_live=show_live)
+
+
+async def _follow(orchestrator: Orchestrator, *, forever: bool, show_live: bool) -> None:
     job = asyncio.create_task(orchestrator.run(until_idle=not forever), name="orchestrator")
     view = views.LiveView()
     if show_live:
@@ -525,11 +541,12 @@ def demo(
 
 
 def main() -> None:
-    from trafficcontrol.cli import capacity, health, simulate, snapshots, workflow
+    from trafficcontrol.cli import capacity, health, serve, simulate, snapshots, workflow
 
     snapshots.register(app)
     simulate.register(app)
     capacity.register(app)
     health.register(app)
     workflow.register(app)
+    serve.register(app)
     app()

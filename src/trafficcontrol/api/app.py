@@ -1,0 +1,192 @@
+"""The ASGI application: the JSON API (``api.routes``), the live stream, ``/metrics``,
+health checks and the dashboard pages, behind the token (``api.auth``).
+
+Design note. ``/healthz`` is liveness — the loop (or ``tc serve``'s follower) turned
+within ``healthy_after_s`` — and needs no token, so that a probe holding no secret can
+ask it. ``/readyz`` is readiness: the state is recovered and the store takes writes.
+``/api/events/stream`` is Server-Sent Events: one ``journal`` message per committed
+batch carrying the events' summaries and the counts by state after it, so a page
+updates without asking anything back; a subscriber that fell behind gets ``resync``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from trafficcontrol import __version__
+from trafficcontrol.api import pages
+from trafficcontrol.api.auth import TokenAuth
+from trafficcontrol.api.hub import encode, summary
+from trafficcontrol.api.metrics import LoopLag, StateCollector
+from trafficcontrol.api.routes import ROUTES, BadRequest, Context, Handler, error
+from trafficcontrol.api.routes import Route as ApiRoute
+
+STREAM_PING_S = 15.0
+OPENAPI_PATH = "/api/openapi.json"
+
+
+def openapi(routes: tuple[ApiRoute, ...] = ROUTES) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``routes`` (module notes of ``api.routes``)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.handler.__name__,
+            "tags": [route.tag],
+            "parameters": [
+                {
+                    "name": p.name,
+                    "in": p.where,
+                    "required": p.where == "path",
+                    "description": p.description,
+                    "schema": p.schema(),
+                }
+                for p in route.params
+            ],
+            "responses": {
+                str(code): {
+                    "description": "ok" if code == 200 else "refused; nothing changed",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+                for code in (*route.responses, 401)
+            },
+        }
+        if route.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": route.body}},
+            }
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "TrafficControl", "version": __version__},
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"token": []}],
+        "paths": paths,
+    }
+
+
+def _endpoint(ctx: Context, handler: Handler) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(ctx, request)
+        except BadRequest as exc:
+            return error(exc.status, exc.field_name, exc.message)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+class Live:
+    """Liveness and readiness (module notes)."""
+
+    def __init__(self, ctx: Context, healthy_after_s: float) -> None:
+        self._ctx = ctx
+        self._healthy_after_s = healthy_after_s
+
+    async def healthz(self, _request: Request) -> Response:
+        stats = self._ctx.source.stats
+        age = None if stats.last_turn is None else time.monotonic() - stats.last_turn
+        alive = age is not None and age <= self._healthy_after_s
+        return JSONResponse(
+            {"ok": alive, "loop_turned_s_ago": None if age is None else round(age, 3)},
+            status_code=200 if alive else 503,
+        )
+
+    async def readyz(self, _request: Request) -> Response:
+        source = self._ctx.source
+        checks = {"recovered": source.stats.recovered, "store_writable": source.writable()}
+        ready = all(checks.values())
+        return JSONResponse(
+            {"ready": ready, "role": source.role, **checks}, status_code=200 if ready else 503
+        )
+
+
+def _stream(ctx: Context) -> Callable[[Request], Any]:
+    hub = ctx.source.hub
+
+    async def stream(request: Request) -> Response:
+        subscriber = hub.subscribe()
+
+        async def messages() -> AsyncIterator[ServerSentEvent]:
+            try:
+                state = ctx.source.state
+                yield ServerSentEvent(
+                    encode({"seq": state.seq, "counts": dict(state.counts)}), event="hello"
+                )
+                while not hub.closed:
+                    await subscriber.wake.wait()
+                    subscriber.wake.clear()
+                    if subscriber.lost:
+                        yield ServerSentEvent(encode({"seq": ctx.source.state.seq}), event="resync")
+                        return
+                    batch = []
+                    while not subscriber.queue.empty():
+                        batch.append(subscriber.queue.get_nowait())
+                    if not batch:
+                        continue
+                    state = ctx.source.state
+                    yield ServerSentEvent(
+                        encode(
+                            {
+                                "seq": batch[-1][0],
+                                "events": [summary(seq, event) for seq, event in batch[-200:]],
+                                "dropped": max(0, len(batch) - 200),
+                                "counts": dict(state.counts),
+                                "running": len(state.running),
+                            }
+                        ),
+                        event="journal",
+                        id=str(batch[-1][0]),
+                    )
+            finally:
+                hub.unsubscribe(subscriber)
+
+        return EventSourceResponse(messages(), ping=STREAM_PING_S, send_timeout=30)
+
+    return stream
+
+
+def build_app(
+    ctx: Context, *, token: str | None, healthy_after_s: float = 10.0, lag: LoopLag | None = None
+) -> Any:
+    """The whole ASGI app, the token middleware outermost."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StateCollector(ctx.source, lag, ctx.rotation))
+    live = Live(ctx, healthy_after_s)
+    document = openapi()
+
+    async def metrics(_request: Request) -> Response:
+        # On the loop: the collector reads the state between two turns (api.metrics).
+        data = generate_latest(registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    async def schema(_request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", live.healthz),
+        Route("/readyz", live.readyz),
+        Route("/metrics", metrics),
+        Route(OPENAPI_PATH, schema),
+        Route("/api/events/stream", _stream(ctx)),
+        *(
+            Route(r.path, _endpoint(ctx, r.handler), methods=[r.method], name=r.handler.__name__)
+            for r in ROUTES
+        ),
+        *pages.routes(ctx),
+        Mount("/static", app=pages.static_files(), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    return TokenAuth(app, token)
