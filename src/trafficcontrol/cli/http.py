@@ -65,7 +65,9 @@ def listen(app_: App, listen_at: str | None) -> Listener | None:
 def announce(server: HttpServer, listener: Listener, home: Path) -> None:
     """Where the dashboard is. The token is shown once, when it was just created."""
     if listener.token is None:
-        err.print(f"dashboard: {server.url}/ (no token: loopback only)", highlight=False, soft_wrap=True)
+        err.print(
+            f"dashboard: {server.url}/ (no token: loopback only)", highlight=False, soft_wrap=True
+        )
     elif listener.token_created:
         err.print(
             f"dashboard: {server.url}/?token={listener.token}\n"
@@ -137,7 +139,11 @@ async def serve_home(app_: App, listener: Listener) -> None:
     following = asyncio.create_task(follower.follow(), name="journal-follower")
     try:
         async with _served(app_, listener, follower):
-            err.print(f"tc serve: following {app_.home.root} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+            err.print(
+                f"tc serve: following {app_.home.root} (Ctrl-C stops)",
+                highlight=False,
+                soft_wrap=True,
+            )
             await stop.wait()
     finally:
         following.cancel()
