@@ -6,11 +6,12 @@ within ``healthy_after_s`` — and needs no token, so that a probe holding no se
 ask it. ``/readyz`` is readiness: the state is recovered and the store takes writes.
 ``/api/events/stream`` is Server-Sent Events: one ``journal`` message per committed
 batch carrying the events' summaries and the counts by state after it, so a page
-updates without asking anything back; a subscriber that fell behind gets ``resync``.
+updates without asking anything back (``api.hub`` says what a message carries).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,10 +26,20 @@ from starlette.routing import BaseRoute, Mount, Route
 from trafficcontrol import __version__
 from trafficcontrol.api import pages
 from trafficcontrol.api.auth import TokenAuth
-from trafficcontrol.api.hub import encode, summary
+from trafficcontrol.api.hub import (
+    COALESCE_S,
+    MAX_SUMMARIES,
+    MAX_TOUCHED,
+    encode,
+    summary,
+    tail,
+    touched,
+)
 from trafficcontrol.api.metrics import LoopLag, StateCollector
 from trafficcontrol.api.routes import ROUTES, BadRequest, Context, Handler, error
 from trafficcontrol.api.routes import Route as ApiRoute
+from trafficcontrol.domain.model import TaskState
+from trafficcontrol.domain.state import State
 
 STREAM_PING_S = 15.0
 OPENAPI_PATH = "/api/openapi.json"
@@ -113,43 +124,51 @@ class Live:
         )
 
 
+def counts_of(state: State) -> dict[str, int]:
+    """Every state's count, zeros included (a page must see a count fall to 0)."""
+    counts = state.counts
+    return {s.value: counts[s] for s in TaskState}
+
+
 def _stream(ctx: Context) -> Callable[[Request], Any]:
     hub = ctx.source.hub
 
-    async def stream(request: Request) -> Response:
-        subscriber = hub.subscribe()
+    async def stream(_request: Request) -> Response:
+        state = ctx.source.state
+        subscriber = hub.subscribe(state.seq)
 
         async def messages() -> AsyncIterator[ServerSentEvent]:
             try:
-                state = ctx.source.state
-                yield ServerSentEvent(
-                    encode({"seq": state.seq, "counts": dict(state.counts)}), event="hello"
-                )
+                hello = {"seq": state.seq, "counts": counts_of(state)}
+                yield ServerSentEvent(encode(hello), event="hello")
                 while not hub.closed:
                     await subscriber.wake.wait()
                     subscriber.wake.clear()
-                    if subscriber.lost:
-                        yield ServerSentEvent(encode({"seq": ctx.source.state.seq}), event="resync")
-                        return
-                    batch = []
-                    while not subscriber.queue.empty():
-                        batch.append(subscriber.queue.get_nowait())
-                    if not batch:
+                    await asyncio.sleep(COALESCE_S)  # a burst of commits becomes one message
+                    batches = hub.since(subscriber.cursor)
+                    gap = batches is None
+                    if batches is None:  # fell out of the ring: say so, send what is held
+                        batches = hub.held()
+                    if not batches:
                         continue
-                    state = ctx.source.state
-                    yield ServerSentEvent(
-                        encode(
-                            {
-                                "seq": batch[-1][0],
-                                "events": [summary(seq, event) for seq, event in batch[-200:]],
-                                "dropped": max(0, len(batch) - 200),
-                                "counts": dict(state.counts),
-                                "running": len(state.running),
-                            }
-                        ),
-                        event="journal",
-                        id=str(batch[-1][0]),
+                    first, events = batches[-1]
+                    subscriber.cursor = last = first + len(events) - 1
+                    count = sum(len(b[1]) for b in batches)
+                    now = ctx.source.state
+                    tasks, attempts = (
+                        touched(batches) if count <= MAX_TOUCHED and not gap else (None, None)
                     )
+                    message = {
+                        "seq": last,
+                        "gap": gap,
+                        "events": [summary(seq, e) for seq, e in tail(batches, MAX_SUMMARIES)],
+                        "dropped": max(0, count - MAX_SUMMARIES),
+                        "tasks": tasks,
+                        "attempts": attempts,
+                        "counts": counts_of(now),
+                        "running": len(now.running),
+                    }
+                    yield ServerSentEvent(encode(message), event="journal", id=str(last))
             finally:
                 hub.unsubscribe(subscriber)
 
