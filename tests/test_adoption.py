@@ -28,7 +28,7 @@ import pytest
 from tests.cli_helpers import spawn_tc, tc
 from tests.helpers import agent_argv, journal_events
 from trafficcontrol.adapters.agents.process_group import marked_processes
-from trafficcontrol.adapters.agents.supervision import AttemptFiles
+from trafficcontrol.adapters.agents.supervision import AttemptFiles, read_shim_id
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
@@ -93,6 +93,14 @@ def start_and_kill(tmp_path: Path, *flags: str, task_extra: str = "") -> tuple[P
     return home, Path(dispatched.log_path)
 
 
+def supervisor_of(log: Path) -> psutil.Process:
+    """The attempt's supervisor, by the pid its ``.shim`` file names (a supervisor forked
+    by the launcher does not show the run marker in its /proc environ)."""
+    shim_id = read_shim_id(AttemptFiles(log).shim)
+    assert shim_id is not None, "no .shim file"
+    return psutil.Process(shim_id.pid)
+
+
 def ends(home: Path) -> list[AttemptFinished]:
     return [e for e in events_of_kind(home, AttemptFinished) if isinstance(e, AttemptFinished)]
 
@@ -144,9 +152,11 @@ def test_an_adopted_attempt_times_out_and_its_tree_is_killed(tmp_path: Path) -> 
 def test_a_supervisor_killed_with_its_agent_falls_back_to_on_interrupt(tmp_path: Path) -> None:
     record = tmp_path / "runs.txt"
     home, log = start_and_kill(tmp_path, "--work", "0.5", "--record", str(record))
-    for proc in marked_processes(str(log)):  # the supervisor and the agent, with no record
+    supervisor = supervisor_of(log)
+    supervisor.kill()  # first, so that it cannot write a record of its agent's death
+    for proc in marked_processes(str(log)):  # the agent
         proc.kill()
-    wait_until("them to die", lambda: not marked_processes(str(log)))
+    wait_until("them to die", lambda: not marked_processes(str(log)) and not _alive(supervisor.pid))
     assert not AttemptFiles(log).exit.exists()
 
     tc("run", "--no-live", home=home)
@@ -194,13 +204,13 @@ def _alive(pid: int) -> bool:
 def test_the_supervisor_runs_without_the_orchestrators_pipes(tmp_path: Path) -> None:
     """Its stdio are files, never tc run's pipes: a dead reader cannot SIGPIPE it."""
     _home, log = start_and_kill(tmp_path, "--block")
-    shim = next(
-        p for p in marked_processes(str(log)) if "trafficcontrol.cli.supervise" in p.cmdline()
-    )
+    shim = supervisor_of(log)
+    assert "trafficcontrol.cli.supervise" in shim.cmdline()
     for fd in (0, 1, 2):
         target = os.readlink(f"/proc/{shim.pid}/fd/{fd}")
         assert not target.startswith("pipe:"), (fd, target)
     assert os.getsid(shim.pid) == shim.pid, "a session of its own"
+    shim.kill()
     for proc in marked_processes(str(log)):
         proc.kill()
     assert_nothing_left(log)

@@ -18,6 +18,7 @@ import msgspec
 
 from trafficcontrol.adapters.agents.anthropic_api import ApiBackend
 from trafficcontrol.adapters.agents.command import CommandBackend
+from trafficcontrol.adapters.agents.launcher import SupervisorLauncher
 from trafficcontrol.adapters.agents.process_group import kill_leftover_group, kill_marked
 from trafficcontrol.adapters.agents.sim import SimBackend
 from trafficcontrol.adapters.agents.supervised import supervised
@@ -47,6 +48,13 @@ from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.recovery import interrupt_leftovers
 from trafficcontrol.runtime.snapshotter import Snapshotter
 from trafficcontrol.settings import Settings, load_settings
+
+SUPERVISOR_PRELOAD = {
+    "command": ("trafficcontrol.adapters.agents.command",),
+    "claude": ("trafficcontrol.adapters.agents.claude_sdk", "claude_agent_sdk"),
+}
+"""What each backend's supervisors import: its launcher imports it once, while idle,
+when the backlog uses the backend (claude_agent_sdk alone takes 0.6 s)."""
 
 
 @dataclass(frozen=True)
@@ -252,12 +260,16 @@ class App:
         }
         backends["claude"] = _claude_backend(self)
         if self.settings.run.supervise_agents:
+            # One warm launcher forks every supervisor (adapters.agents.launcher).
+            launcher = SupervisorLauncher() if self.settings.run.fork_supervisors else None
             for name in ("command", "claude"):
                 backends[name] = supervised(
                     backends[name],
                     environ=self.environ,
                     grace_s=grace,
                     cli_path=self.settings.claude.cli_path,
+                    launcher=launcher,
+                    preload=SUPERVISOR_PRELOAD[name],
                 )
         backends["api"] = ApiBackend(environ=self.environ, clock=self.clock)
         return backends

@@ -80,6 +80,12 @@ class AgentResult:
     stopped: bool = False
     """The agent did not end by itself: it was stopped on request (its supervisor was
     told to stop). The runtime records the outcome of the stop it asked for."""
+    agent_started_at: float | None = None
+    """Epoch seconds: the agent's process was created (None: not measured)."""
+    first_output_at: float | None = None
+    """Epoch seconds: the agent's first output (a line, a stream message)."""
+    exited_at: float | None = None
+    """Epoch seconds: the agent's process ended."""
 
 
 class AttemptReporter(Protocol):
@@ -146,6 +152,17 @@ class Leftover:
     create_time: float | None
     finished: bool
     """Its exit record is written: adopting it only reads the end."""
+
+
+@runtime_checkable
+class LongLivedBackend(Protocol):
+    """A backend holding something that outlives one attempt (a warm launcher): the
+    runtime warms it up once at start, before the first dispatch, and closes it once at
+    shutdown. Attempts still running are not affected by either."""
+
+    async def warm(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 @runtime_checkable

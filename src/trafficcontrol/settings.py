@@ -60,6 +60,10 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Run each command and claude agent under a supervisor process that outlives tc
     run: after a crash the restarted tc run adopts it (or records its end) instead of
     running it again. false: agents are tc run's own children and die with it."""
+    fork_supervisors: bool = True
+    """Fork each supervisor from one warm launcher process (a few ms) instead of
+    starting a new interpreter per attempt (about 0.1 s of CPU each; 0.7 s p50 with ten
+    starting at once on 2 cores). false: start each directly."""
 
     def __post_init__(self) -> None:
         if self.store_buffer_events < 1:

@@ -541,7 +541,15 @@ def demo(
 
 
 def main() -> None:
-    from trafficcontrol.cli import capacity, health, serve, simulate, snapshots, workflow
+    from trafficcontrol.cli import (
+        capacity,
+        health,
+        profile,
+        serve,
+        simulate,
+        snapshots,
+        workflow,
+    )
 
     snapshots.register(app)
     simulate.register(app)
@@ -549,4 +557,5 @@ def main() -> None:
     health.register(app)
     workflow.register(app)
     serve.register(app)
+    profile.register(app)
     app()

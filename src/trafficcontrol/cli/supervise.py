@@ -1,4 +1,5 @@
-"""``python -m trafficcontrol.cli.supervise SPEC``: the supervisor of one attempt.
+"""``python -m trafficcontrol.cli.supervise SPEC``: the supervisor of one attempt
+(``--launcher``: the warm process that forks them, ``adapters.agents.launcher``).
 
 The composition root of the supervisor process (``adapters.agents.shim``): it reads
 the spec the orchestrator wrote, builds the one backend the attempt runs on from its
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from trafficcontrol.adapters.agents.launcher import LAUNCHER_FLAG, serve
 from trafficcontrol.adapters.agents.shim import supervise
 from trafficcontrol.adapters.agents.supervision import Spec, read_spec
 from trafficcontrol.errors import TrafficControlError
@@ -37,19 +39,30 @@ def backend_for(spec: Spec, environ: Mapping[str, str]) -> AgentBackend:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m trafficcontrol.cli.supervise SPEC", file=sys.stderr)
-        return 2
+def run_spec(spec_path: Path) -> int:
+    """Supervise the attempt ``spec_path`` describes: 0 once its exit record is written,
+    2 when the spec cannot be used."""
     try:
-        spec = read_spec(Path(args[0]))
+        spec = read_spec(spec_path)
         backend = backend_for(spec, os.environ)
     except TrafficControlError as e:
         print(f"supervisor: {e.message}", file=sys.stderr)
         return 2
     asyncio.run(supervise(spec, backend))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [LAUNCHER_FLAG]:  # the warm launcher forking supervisors (launcher)
+        return serve(run_spec)
+    if len(args) != 1:
+        print(
+            "usage: python -m trafficcontrol.cli.supervise SPEC | --launcher",
+            file=sys.stderr,
+        )
+        return 2
+    return run_spec(Path(args[0]))
 
 
 if __name__ == "__main__":

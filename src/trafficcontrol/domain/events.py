@@ -150,6 +150,12 @@ class AttemptFinished(Event, tag="attempt_finished", frozen=True):
     handoff: str | None = None
     """A session rotated (stop reason rotate): its summary for the fresh session that
     continues the work (the agent's own, else extracted from its log)."""
+    agent_started_at: float | None = None
+    """When the agent's own process was created (epoch seconds; ``domain.profile``)."""
+    first_output_at: float | None = None
+    """When the agent first wrote anything (Claude Code: its stream's first message)."""
+    exited_at: float | None = None
+    """When the agent's process ended (before its end was journaled)."""
 
 
 class TaskDeferred(Event, tag="task_deferred", frozen=True):

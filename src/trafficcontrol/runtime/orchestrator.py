@@ -240,6 +240,7 @@ class Orchestrator:
         )
         await self._buffer.commit(events)
         self.stats.recovered = True
+        await self.pool.warm()
         for aid, leftover in accounting.adopt:
             log.info("attempt_adopted attempt=%s finished=%s", aid, leftover.finished)
             self.pool.adopt(self.state.attempts[aid], leftover)
@@ -433,6 +434,7 @@ class Orchestrator:
         if self.snapshotter is not None:
             await self.snapshotter.drain()
             await self.snapshotter.take(self.state)
+        await self.pool.aclose()
 
     def _stop_agents(self, reason: StopReason, *, started_only: bool = False) -> None:
         """Stop the agents now, whether or not their stop intents (folded and buffered

@@ -60,6 +60,7 @@ from trafficcontrol.ports import (
     AgentResult,
     Clock,
     Leftover,
+    LongLivedBackend,
     Workspace,
     Workspaces,
 )
@@ -332,6 +333,28 @@ class AgentPool:
             )
         self.inbox.put(classified(result_event, self.state.resilience.config.rules))
 
+    def _long_lived(self) -> list[LongLivedBackend]:
+        unique = {id(b): b for b in self._backends.values() if isinstance(b, LongLivedBackend)}
+        return list(unique.values())
+
+    async def warm(self) -> None:
+        """Start what the backends the backlog uses keep between attempts
+        (``LongLivedBackend``)."""
+        state = self.state
+        used = {p.agent for p in state.projects.values()}
+        used |= {r.spec.agent for r in state.tasks.values() if r.spec.agent is not None}
+        warmed: set[int] = set()
+        for name in sorted(n for n in used if n is not None):
+            backend = self._backends.get(name)
+            if isinstance(backend, LongLivedBackend) and id(backend) not in warmed:
+                warmed.add(id(backend))
+                await backend.warm()
+
+    async def aclose(self) -> None:
+        """Close what the backends keep between attempts, once each."""
+        for backend in self._long_lived():
+            await backend.aclose()
+
     def _stopped(self, event: AttemptDispatched) -> AttemptFinished:
         attempt_id = event.attempt_id
         reason = (
@@ -465,4 +488,7 @@ class AgentPool:
                 if step is not None and result.outcome is Outcome.SUCCEEDED
                 else None
             ),
+            agent_started_at=result.agent_started_at,
+            first_output_at=result.first_output_at,
+            exited_at=result.exited_at,
         )

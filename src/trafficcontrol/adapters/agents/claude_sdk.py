@@ -73,6 +73,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -353,8 +354,10 @@ async def _consume(
         async for message in query(prompt=prompt, options=options):
             if not looked_for_process:  # the CLI runs (and has exec'd) once it speaks
                 looked_for_process = True
+                stream.first_output_at = time.time()
                 stream.process_found(_find_child(marker))
             stream.feed(message)
+        stream.exited_at = time.time()
     except CLINotFoundError as e:
         raise AgentError(f"Claude Code CLI could not be started: {e}") from e
     except ResultError as e:
@@ -445,6 +448,10 @@ class AttemptStream:
         self.session_id: str | None = None
         self.result: ResultMessage | None = None
         self.pid: int | None = None
+        self.agent_started_at: float | None = None
+        self.first_output_at: float | None = None
+        self.exited_at: float | None = None
+        """When the CLI was created, first spoke and stopped (``domain.profile``)."""
         self.error_kind: str | None = None
         """The ``error`` of the CLI's last synthetic assistant message (why a call failed)."""
         self._reported: set[str] = set()
@@ -499,7 +506,9 @@ class AttemptStream:
         if pid is None or not _leads_own_group(pid):
             return
         self.pid = pid
-        self._reporter.process_started(pid, pid, create_time_of(pid))
+        created = create_time_of(pid)
+        self.agent_started_at = created
+        self._reporter.process_started(pid, pid, created)
 
     def stderr(self, line: str) -> None:
         """The SDK's stderr callback: the only place some failures are explained."""
@@ -524,6 +533,9 @@ class AttemptStream:
                 usage=usage,
                 session_id=session_id,
                 text=result.result,
+                agent_started_at=self.agent_started_at,
+                first_output_at=self.first_output_at,
+                exited_at=self.exited_at,
             )
         if error is None:
             error = describe_failure(result) if result else "Claude Code ended without a result"
@@ -546,6 +558,9 @@ class AttemptStream:
             session_id=session_id,
             limit_hit=limit_hit_from_result(status, error, self._clock.now()),
             failure=failure,
+            agent_started_at=self.agent_started_at,
+            first_output_at=self.first_output_at,
+            exited_at=self.exited_at or time.time(),
         )
 
 

@@ -27,6 +27,7 @@ import asyncio
 import os
 import signal
 import string
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -166,9 +167,11 @@ class CommandBackend:
             message = _spawn_error(argv[0], exc)
             _note(log, message)
             return _failed(message, exception=type(exc).__name__)
+        started = time.time()  # for the profile: the agent exists from here on
         try:
             reporter.process_started(group.pid, group.pgid, group.create_time)
             code = await group.wait()
+            exited = time.time()
         except asyncio.CancelledError:
             _note(log, "stopping: cancelled")
             raise
@@ -180,10 +183,23 @@ class CommandBackend:
         _note(log, _describe_exit(code))
         if code == 0:
             answer = _output(request.log_path, start) if request.output_schema else None
-            return AgentResult(outcome=Outcome.SUCCEEDED, exit_code=0, text=answer)
+            return AgentResult(
+                outcome=Outcome.SUCCEEDED,
+                exit_code=0,
+                text=answer,
+                agent_started_at=started,
+                exited_at=exited,
+            )
         error = _describe_exit(code) + ("; last output:\n" + tail if tail else "")
         failure = FailureEvidence(exit_code=code, message=_last_words(error))
-        return AgentResult(outcome=Outcome.FAILED, exit_code=code, error=error, failure=failure)
+        return AgentResult(
+            outcome=Outcome.FAILED,
+            exit_code=code,
+            error=error,
+            failure=failure,
+            agent_started_at=started,
+            exited_at=exited,
+        )
 
     def _env(self, request: AgentRequest) -> dict[str, str]:
         env = dict(self._environ)

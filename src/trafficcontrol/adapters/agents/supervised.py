@@ -38,13 +38,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
+from trafficcontrol.adapters.agents.launcher import LauncherError, SupervisorLauncher
 from trafficcontrol.adapters.agents.process_group import (
     RUN_MARKER_ENV,
     alive_since,
@@ -88,6 +90,9 @@ _KILL_MARGIN_S = 5.0
 and exit before it is killed (it escalates to SIGKILL itself after the grace)."""
 
 
+log = logging.getLogger(__name__)
+
+
 class SupervisedBackend:
     """Runs ``inner``'s attempts under a supervisor process (module notes)."""
 
@@ -100,6 +105,8 @@ class SupervisedBackend:
         cli_path: str | None = None,
         python: str = sys.executable,
         poll_s: float = 0.05,
+        launcher: SupervisorLauncher | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         """``environ`` is the supervisor's environment, and so the agent's base one;
         ``cli_path`` is passed on to the claude backend."""
@@ -110,6 +117,8 @@ class SupervisedBackend:
         self._cli_path = cli_path
         self._python = python
         self._poll_s = poll_s
+        self._launcher = launcher
+        self._preload = preload
         self._detached: set[str] = set()
 
     def check(self) -> None:
@@ -131,29 +140,66 @@ class SupervisedBackend:
         except OSError as e:
             raise AgentError(f"cannot write the attempt's files next to {files.log}: {e}") from e
         env = {**self._environ, RUN_MARKER_ENV: str(files.log)}
-        try:
-            with stderr:
-                process = await asyncio.create_subprocess_exec(
-                    self._python,
-                    "-m",
-                    SHIM_MODULE,
-                    str(files.spec),
-                    cwd=files.log.parent,
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=stderr,
-                    start_new_session=True,
-                )
-        except OSError as e:
-            raise AgentError(f"cannot start the attempt's supervisor ({self._python}): {e}") from e
-        create_time = create_time_of(process.pid)
+        shim: _AdoptedShim | _ChildShim | None = None
+        with stderr:
+            if self._launcher is not None:
+                shim = await self._forked(files, env)
+            if shim is None:
+                shim = await self._spawned(files, env, stderr)
         # Written here as well as by the supervisor: a crash before its pid is journaled
         # must not leave a running supervisor that nobody can find.
         with contextlib.suppress(OSError):
-            write_shim_id(files.shim, ShimId(pid=process.pid, create_time=create_time))
-        reporter.process_started(process.pid, process.pid, create_time)
-        return await self._follow(files, _ChildShim(process), reporter, after=0)
+            write_shim_id(files.shim, ShimId(pid=shim.pid, create_time=shim.create_time))
+        reporter.process_started(shim.pid, shim.pid, shim.create_time)
+        return await self._follow(files, shim, reporter, after=0)
+
+    async def _forked(self, files: AttemptFiles, env: dict[str, str]) -> _AdoptedShim | None:
+        """A supervisor forked by the launcher (``launcher``); None when it failed."""
+        assert self._launcher is not None
+        try:
+            pid = await self._launcher.launch(
+                files.spec, environ=env, cwd=files.log.parent, stderr=files.stderr
+            )
+        except LauncherError as exc:
+            log.warning("supervisor launcher failed, starting one directly: %s", exc)
+            return None
+        # Not our child: followed through a pidfd. If it is already gone (a fast agent,
+        # reaped by the launcher), create_time is 0.0 and its exit record is read.
+        return _AdoptedShim.of(pid, create_time_of(pid))
+
+    async def _spawned(
+        self, files: AttemptFiles, env: dict[str, str], stderr: BinaryIO
+    ) -> _ChildShim:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self._python,
+                "-m",
+                SHIM_MODULE,
+                str(files.spec),
+                cwd=files.log.parent,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise AgentError(f"cannot start the attempt's supervisor ({self._python}): {e}") from e
+        return _ChildShim(process, create_time_of(process.pid))
+
+    async def warm(self) -> None:
+        """Start the launcher now, and have it import what this backend's supervisors
+        need, so the first attempts do not wait for either."""
+        if self._launcher is not None:
+            try:
+                await self._launcher.preload(self._preload, self._environ)
+            except LauncherError as exc:
+                log.warning("supervisor launcher: %s (supervisors start directly)", exc)
+
+    async def aclose(self) -> None:
+        """End the launcher, if any (the supervisors it forked run on)."""
+        if self._launcher is not None:
+            await self._launcher.close()
 
     # -- adoption ----------------------------------------------------------------------
     def find(self, log_path: Path, pid: int | None, create_time: float | None) -> Leftover | None:
@@ -283,8 +329,10 @@ class _Shim(Protocol):
 class _ChildShim:
     """A supervisor this orchestrator started: its child, reaped by asyncio."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, create_time: float) -> None:
         self._process = process
+        self.pid = process.pid
+        self.create_time = create_time
         self._waiter: asyncio.Task[int] | None = None
 
     @property
@@ -329,8 +377,8 @@ class _AdoptedShim:
     returncode: int | None = None
 
     def __init__(self, pid: int, create_time: float, pidfd: int | None) -> None:
-        self._pid = pid
-        self._create_time = create_time
+        self._pid = self.pid = pid
+        self._create_time = self.create_time = create_time
         self._pidfd = pidfd
         self._exited: asyncio.Future[None] | None = None
 

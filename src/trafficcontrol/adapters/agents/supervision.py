@@ -261,6 +261,9 @@ class ExitRecord(msgspec.Struct, frozen=True, kw_only=True):
     limit_hit: LimitHit | None = None
     failure: FailureEvidence | None = None
     text: str | None = None
+    agent_started_at: float | None = None
+    first_output_at: float | None = None
+    exited_at: float | None = None
 
 
 def exit_record_of(result: AgentResult, *, ended_at: float, stopped: bool) -> ExitRecord:
@@ -277,6 +280,9 @@ def exit_record_of(result: AgentResult, *, ended_at: float, stopped: bool) -> Ex
         limit_hit=result.limit_hit,
         failure=result.failure,
         text=result.text,
+        agent_started_at=result.agent_started_at,
+        first_output_at=result.first_output_at,
+        exited_at=result.exited_at,
     )
 
 
@@ -291,6 +297,9 @@ def result_of(record: ExitRecord) -> AgentResult:
         limit_hit=record.limit_hit,
         failure=record.failure,
         text=record.text,
+        agent_started_at=record.agent_started_at,
+        first_output_at=record.first_output_at,
+        exited_at=record.exited_at,
     )
 
 

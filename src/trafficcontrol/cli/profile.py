@@ -1,0 +1,94 @@
+"""``tc profile``: where a backlog's time went (``domain.profile``), from its journal."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, existing_state, make_app, out
+from trafficcontrol.cli.formats import duration
+from trafficcontrol.domain.profile import PHASES, Profile, Stat, profile, recommend
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``profile`` to ``app`` (once, however often it is called)."""
+    if "profile" not in {command.name for command in app.registered_commands}:
+        app.command("profile")(profile_command)
+
+
+def stat_dict(stat: Stat) -> dict[str, Any]:
+    return {
+        "count": stat.count,
+        "total_s": stat.total,
+        "p50_s": stat.p50,
+        "p99_s": stat.p99,
+        "max_s": stat.max,
+    }
+
+
+def profile_dict(result: Profile, *, max_agents: int, cores: int) -> dict[str, Any]:
+    return {
+        "makespan_s": result.makespan_s,
+        "attempts": len(result.attempts),
+        "tasks": len({a.task_id for a in result.attempts}),
+        "phases": [{"phase": p, **stat_dict(result.phases[p])} for p in PHASES],
+        "orchestration": stat_dict(result.orchestration),
+        "dependency_gaps": stat_dict(result.dependency_gaps),
+        "critical_path": [
+            {"task": s.task_id, "attempt": s.attempt_id, "gap_s": s.gap_s, "phases": s.phases}
+            for s in result.critical_path
+        ],
+        "critical_path_by_phase": result.path_by_phase,
+        "critical_path_orchestration_s": result.path_orchestration_s,
+        "bottlenecks": [
+            {"phase": phase, "seconds": seconds, "share": share}
+            for phase, seconds, share in result.bottlenecks()
+        ],
+        "recommendations": [
+            {"text": r.text, "figure": r.figure, "key": r.key}
+            for r in recommend(result, max_agents=max_agents, cores=cores)
+        ],
+    }
+
+
+def profile_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Where the backlog's time went: phases of every attempt, the critical path, the
+    top bottlenecks, and what to change (from the journal; works while tc run runs)."""
+    app_ = make_app(home)
+    existing_state(app_)  # a clear error when there is no state home
+    events = [event for _seq, event in app_.journal().read()]
+    result = profile(events)
+    data = profile_dict(result, max_agents=app_.settings.run.max_agents, cores=os.cpu_count() or 1)
+    if as_json:
+        emit_json(data)
+        return
+    out.print(
+        f"profile: {data['tasks']} tasks, {data['attempts']} attempts,"
+        f" makespan {duration(result.makespan_s)}",
+        highlight=False,
+    )
+    table = Table(title="Attempt phases (seconds)")
+    for column in ("phase", "n", "total", "p50", "p99", "max"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase in PHASES:
+        s = result.phases[phase]
+        table.add_row(phase, str(s.count), *(f"{v:.3f}" for v in (s.total, s.p50, s.p99, s.max)))
+    out.print(table)
+    o, g = result.orchestration, result.dependency_gaps
+    out.print(
+        f"orchestration, ready → agent started: p50 {o.p50:.3f} s, p99 {o.p99:.3f} s;"
+        f" dependency done → dependent dispatched: p50 {g.p50:.3f} s, p99 {g.p99:.3f} s",
+        highlight=False,
+    )
+    chain = " → ".join(s.task_id for s in result.critical_path)
+    orchestration = result.path_orchestration_s
+    out.print(
+        f"critical path: {chain} ({orchestration:.2f} s of it orchestration)", highlight=False
+    )
+    for rank, (phase, seconds, share) in enumerate(result.bottlenecks(), 1):
+        out.print(f"  {rank}. {phase}: {seconds:.2f} s ({share:.0%} of the makespan)")
+    for rec in data["recommendations"]:
+        out.print(f"recommendation: {rec['text']} [{rec['key']}]", highlight=False)
