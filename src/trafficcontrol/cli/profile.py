@@ -37,6 +37,7 @@ def profile_dict(result: Profile, *, max_agents: int, cores: int) -> dict[str, A
         "phases": [{"phase": p, **stat_dict(result.phases[p])} for p in PHASES],
         "orchestration": stat_dict(result.orchestration),
         "dependency_gaps": stat_dict(result.dependency_gaps),
+        "handoffs": stat_dict(result.handoffs),
         "critical_path": [
             {"task": s.task_id, "attempt": s.attempt_id, "gap_s": s.gap_s, "phases": s.phases}
             for s in result.critical_path
@@ -77,10 +78,11 @@ def profile_command(home: HomeOption = None, as_json: JsonOption = False) -> Non
         s = result.phases[phase]
         table.add_row(phase, str(s.count), *(f"{v:.3f}" for v in (s.total, s.p50, s.p99, s.max)))
     out.print(table)
-    o, g = result.orchestration, result.dependency_gaps
+    o, h = result.orchestration, result.handoffs
     out.print(
         f"orchestration, ready → agent started: p50 {o.p50:.3f} s, p99 {o.p99:.3f} s;"
-        f" dependency done → dependent dispatched: p50 {g.p50:.3f} s, p99 {g.p99:.3f} s",
+        f" a dependency's agent exit → its dependent's agent start: p50 {h.p50:.3f} s,"
+        f" p99 {h.p99:.3f} s",
         highlight=False,
     )
     chain = " → ".join(s.task_id for s in result.critical_path)

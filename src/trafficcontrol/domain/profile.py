@@ -145,6 +145,9 @@ class Profile:
     """Dependency done → dependent dispatched, over every edge whose dependent ran."""
     orchestration: Stat = field(default_factory=lambda: Stat.of([]))
     """Per attempt: ready → the agent process created (queue + workspace + spawn)."""
+    handoffs: Stat = field(default_factory=lambda: Stat.of([]))
+    """Over every dependency edge: the dependency's agent exited → the dependent's agent
+    started (teardown, fold, queue, workspace, spawn: all the orchestrator's)."""
 
     def bottlenecks(self, top: int = 3) -> list[tuple[str, float, float]]:
         """(phase, seconds on the critical path, share of the makespan), largest first."""
@@ -236,6 +239,7 @@ def _critical_path(state: State, attempts: dict[AttemptId, AttemptPhases], resul
     for attempt in attempts.values():
         by_task.setdefault(attempt.task_id, []).append(attempt)
     gaps: list[float] = []
+    handoffs: list[float] = []
     for task_id in last:
         record = state.tasks.get(task_id)
         if record is None:
@@ -246,7 +250,12 @@ def _critical_path(state: State, attempts: dict[AttemptId, AttemptPhases], resul
                 first = _first_after(by_task.get(task_id, []), done.finished_at)
                 if first is not None:
                     gaps.append(max(0.0, first.dispatched_at - done.finished_at))
+                    started = first.agent_started_at or first.process_at
+                    ended = done.exited_at or done.finished_at
+                    if started is not None:
+                        handoffs.append(max(0.0, started - ended))
     result.dependency_gaps = Stat.of(gaps)
+    result.handoffs = Stat.of(handoffs)
     if not last:
         return
     current: AttemptPhases | None = max(last.values(), key=lambda a: a.finished_at or 0.0)

@@ -350,6 +350,9 @@ async def _consume(
     )
 
     looked_for_process = False
+    # The SDK starts the CLI at once; psutil's create_time is too coarse (boot time in
+    # whole seconds) to time phases with.
+    stream.agent_started_at = time.time()
     try:
         async for message in query(prompt=prompt, options=options):
             if not looked_for_process:  # the CLI runs (and has exec'd) once it speaks
@@ -506,9 +509,7 @@ class AttemptStream:
         if pid is None or not _leads_own_group(pid):
             return
         self.pid = pid
-        created = create_time_of(pid)
-        self.agent_started_at = created
-        self._reporter.process_started(pid, pid, created)
+        self._reporter.process_started(pid, pid, create_time_of(pid))
 
     def stderr(self, line: str) -> None:
         """The SDK's stderr callback: the only place some failures are explained."""
