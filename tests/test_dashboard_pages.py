@@ -259,9 +259,13 @@ def test_overview_counts_a_real_run_and_shows_journaled_events_live(
             expect(page.locator("#orchestrator")).to_contain_text("store")
             screenshot(page, "health")
         with opened(browser, server, "/profile") as page:
-            expect(page.locator("h1")).to_have_text("Profiler: not yet available")
+            expect(page.locator("h1")).to_have_text("Profile")
             profile = server.get("/api/profile").json()
-            expect(page.locator("#profile-message")).to_contain_text(profile["message"])
+            assert profile["available"] is True and profile["attempts"] >= 6
+            path = " → ".join(step["task"] for step in profile["critical_path"])
+            expect(page.locator("#critical-path")).to_contain_text(path)
+            expect(page.locator("#phases")).to_contain_text("workspace")
+            expect(page.locator("#operations")).to_contain_text("commit")
             screenshot(page, "profile")
 
 

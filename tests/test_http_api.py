@@ -177,7 +177,9 @@ def test_json_routes_agree_with_the_cli(running: Served) -> None:
     events = running.get("/api/events", params={"limit": 5}).json()
     assert len(events["events"]) <= 5
     assert all(e["seq"] <= events["seq"] for e in events["events"])
-    assert running.get("/api/profile").json()["available"] is False
+    profile = running.get("/api/profile").json()
+    assert profile["available"] is True and profile["attempts"] == 3
+    assert "commit" in profile["operations"] and "decide" in profile["operations"]
     log = running.get("/api/tasks/a/log", params={"lines": 3}).json()
     assert log["attempt"] == "a#1" and len(log["lines"]) <= 3
 

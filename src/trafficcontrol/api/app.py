@@ -40,9 +40,11 @@ from trafficcontrol.api.routes import ROUTES, BadRequest, Context, Handler, erro
 from trafficcontrol.api.routes import Route as ApiRoute
 from trafficcontrol.domain.model import TaskState
 from trafficcontrol.domain.state import State
+from trafficcontrol.runtime.stats import LoopStats, Spans
 
 STREAM_PING_S = 15.0
 OPENAPI_PATH = "/api/openapi.json"
+STREAM_PATH = "/api/events/stream"
 
 
 def openapi(routes: tuple[ApiRoute, ...] = ROUTES) -> dict[str, Any]:
@@ -177,6 +179,25 @@ def _stream(ctx: Context) -> Callable[[Request], Any]:
     return stream
 
 
+class Timed:
+    """ASGI middleware: each request's time as the ``http`` span (not the live stream,
+    which lasts as long as its page is open)."""
+
+    def __init__(self, app: Any, spans: Spans) -> None:
+        self.app = app
+        self._spans = spans
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] == STREAM_PATH:
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._spans.observe("http", started, time.monotonic())
+
+
 def build_app(
     ctx: Context, *, token: str | None, healthy_after_s: float = 10.0, lag: LoopLag | None = None
 ) -> Any:
@@ -199,7 +220,7 @@ def build_app(
         Route("/readyz", live.readyz),
         Route("/metrics", metrics),
         Route(OPENAPI_PATH, schema),
-        Route("/api/events/stream", _stream(ctx)),
+        Route(STREAM_PATH, _stream(ctx)),
         *(
             Route(r.path, _endpoint(ctx, r.handler), methods=[r.method], name=r.handler.__name__)
             for r in ROUTES
@@ -208,4 +229,6 @@ def build_app(
         Mount("/static", app=pages.static_files(), name="static"),
     ]
     app = Starlette(routes=routes)
-    return TokenAuth(app, token)
+    stats = getattr(ctx.source, "stats", None)
+    timed = Timed(app, stats.spans) if isinstance(stats, LoopStats) else app
+    return TokenAuth(timed, token)

@@ -12,6 +12,7 @@ before any request is made, so a refused one changes nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -29,10 +30,12 @@ from trafficcontrol.cli import views
 from trafficcontrol.cli.capacity_report import capacity_report
 from trafficcontrol.cli.formats import when
 from trafficcontrol.cli.health_report import health_report
+from trafficcontrol.cli.profile_report import profile_dict
 from trafficcontrol.domain.context import Thresholds
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.events import LeadConsulted
 from trafficcontrol.domain.model import TaskId, TaskState
+from trafficcontrol.domain.profile import profile
 from trafficcontrol.domain.records import TaskRecord
 from trafficcontrol.domain.requests import CancelRequest, RetryRequest
 from trafficcontrol.domain.rotation import RotationConfig, rotation_stats
@@ -339,8 +342,21 @@ async def get_dag(ctx: Context, _request: Request) -> Response:
     )
 
 
-async def get_profile(_ctx: Context, _request: Request) -> Response:
-    return ok({"available": False, "message": "the profiler has not landed yet"})
+async def get_profile(ctx: Context, _request: Request) -> Response:
+    """``tc profile --json`` of the journal, with this process's own operation spans."""
+    events = await ctx.source.journal()
+    result = await asyncio.to_thread(profile, events)
+    data = profile_dict(
+        result,
+        max_agents=ctx.scheduler.max_agents,
+        cores=os.cpu_count() or 1,
+        operations=ctx.source.stats.spans.summary(),
+    )
+    data["available"] = True
+    data["slow_spans"] = [
+        {"operation": s.name, "seconds": s.seconds} for s in list(ctx.source.stats.spans.slow)
+    ]
+    return ok(data)
 
 
 # -- writing ---------------------------------------------------------------------------

@@ -52,6 +52,9 @@ class Source(Protocol):
     def writable(self) -> bool:
         """The store takes writes now."""
 
+    async def journal(self) -> list[AnyEvent]:
+        """Every journaled event, read on a thread of its own (the profile's input)."""
+
 
 class _Requests:
     """``App.request`` on one thread of its own (the SQLite connection it opens must
@@ -73,6 +76,15 @@ class _Requests:
     async def __call__(self, request: AnyRequest) -> RequestResult:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._apply, request)
+
+    def _read(self) -> list[AnyEvent]:
+        if self._app is None:
+            self._app = self._make_app()
+        return [event for _seq, event in self._app.journal().read()]
+
+    async def journal(self) -> list[AnyEvent]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._read)
 
     def close(self) -> None:
         def close_app() -> None:
@@ -109,6 +121,9 @@ class OrchestratorSource:
         result = await self._requests(request)
         self._orchestrator.pool.inbox.poke()
         return result
+
+    async def journal(self) -> list[AnyEvent]:
+        return await self._requests.journal()
 
     def close(self) -> None:
         if self.hub.publish in self.stats.listeners:
@@ -148,6 +163,9 @@ class JournalFollower:
         result = await self._requests(request)
         await self.catch_up()
         return result
+
+    async def journal(self) -> list[AnyEvent]:
+        return await self._requests.journal()
 
     def _read_state(self) -> State:
         self._reader = self._make_app()

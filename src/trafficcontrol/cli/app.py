@@ -8,6 +8,7 @@ commands that change state go through the running orchestrator when there is one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from trafficcontrol import __version__
 from trafficcontrol.adapters.backlog_file import read_backlog
 from trafficcontrol.bootstrap import App, Home
 from trafficcontrol.cli import formats, http, views
+from trafficcontrol.cli.profile_report import PROFILE_FILE, save_spans
 from trafficcontrol.domain.model import (
     Difficulty,
     Priority,
@@ -273,6 +275,8 @@ def run_app(
             asyncio.run(_run(app_, orchestrator, listener, forever=forever, show_live=show_live))
         except TrafficControlError as exc:
             fail(exc.message)
+        with contextlib.suppress(OSError):  # the profile is a convenience, never an error
+            save_spans(app_.home.root / PROFILE_FILE, orchestrator.stats.spans.summary())
         state = orchestrator.state
         out.print(views.counts_text(state))
         if any(a.simulated for a in state.attempts.values()):

@@ -3,56 +3,27 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import typer
 from rich.table import Table
 
 from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, existing_state, make_app, out
 from trafficcontrol.cli.formats import duration
-from trafficcontrol.domain.profile import PHASES, Profile, Stat, profile, recommend
+from trafficcontrol.cli.profile_report import PROFILE_FILE, profile_dict, read_saved
+from trafficcontrol.domain.profile import (
+    PHASES,
+    profile,
+)
+
+
+def _seconds(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def register(app: typer.Typer) -> None:
     """Add ``profile`` to ``app`` (once, however often it is called)."""
     if "profile" not in {command.name for command in app.registered_commands}:
         app.command("profile")(profile_command)
-
-
-def stat_dict(stat: Stat) -> dict[str, Any]:
-    return {
-        "count": stat.count,
-        "total_s": stat.total,
-        "p50_s": stat.p50,
-        "p99_s": stat.p99,
-        "max_s": stat.max,
-    }
-
-
-def profile_dict(result: Profile, *, max_agents: int, cores: int) -> dict[str, Any]:
-    return {
-        "makespan_s": result.makespan_s,
-        "attempts": len(result.attempts),
-        "tasks": len({a.task_id for a in result.attempts}),
-        "phases": [{"phase": p, **stat_dict(result.phases[p])} for p in PHASES],
-        "orchestration": stat_dict(result.orchestration),
-        "dependency_gaps": stat_dict(result.dependency_gaps),
-        "handoffs": stat_dict(result.handoffs),
-        "critical_path": [
-            {"task": s.task_id, "attempt": s.attempt_id, "gap_s": s.gap_s, "phases": s.phases}
-            for s in result.critical_path
-        ],
-        "critical_path_by_phase": result.path_by_phase,
-        "critical_path_orchestration_s": result.path_orchestration_s,
-        "bottlenecks": [
-            {"phase": phase, "seconds": seconds, "share": share}
-            for phase, seconds, share in result.bottlenecks()
-        ],
-        "recommendations": [
-            {"text": r.text, "figure": r.figure, "key": r.key}
-            for r in recommend(result, max_agents=max_agents, cores=cores)
-        ],
-    }
 
 
 def profile_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
@@ -62,7 +33,13 @@ def profile_command(home: HomeOption = None, as_json: JsonOption = False) -> Non
     existing_state(app_)  # a clear error when there is no state home
     events = [event for _seq, event in app_.journal().read()]
     result = profile(events)
-    data = profile_dict(result, max_agents=app_.settings.run.max_agents, cores=os.cpu_count() or 1)
+    saved = read_saved(app_.home.root / PROFILE_FILE)
+    data = profile_dict(
+        result,
+        max_agents=app_.settings.run.max_agents,
+        cores=os.cpu_count() or 1,
+        operations=saved,
+    )
     if as_json:
         emit_json(data)
         return
@@ -78,6 +55,17 @@ def profile_command(home: HomeOption = None, as_json: JsonOption = False) -> Non
         s = result.phases[phase]
         table.add_row(phase, str(s.count), *(f"{v:.3f}" for v in (s.total, s.p50, s.p99, s.max)))
     out.print(table)
+    if saved:
+        ops = Table(title=f"Orchestrator operations (the last tc run, {PROFILE_FILE})")
+        for column in ("operation", "n", "total s", "p50 ≤ s", "p99 ≤ s"):
+            ops.add_column(column, justify="left" if column == "operation" else "right")
+        for name, figures in saved.items():
+            ops.add_row(
+                name,
+                str(figures.get("count")),
+                *(_seconds(figures.get(k)) for k in ("total_s", "p50_s", "p99_s")),
+            )
+        out.print(ops)
     o, h = result.orchestration, result.handoffs
     out.print(
         f"orchestration, ready → agent started: p50 {o.p50:.3f} s, p99 {o.p99:.3f} s;"

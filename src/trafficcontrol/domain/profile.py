@@ -29,6 +29,7 @@ Bottlenecks rank the phases by the seconds they put on the critical path.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trafficcontrol.domain.events import (
@@ -307,9 +308,51 @@ SLOW_WORKSPACE_S = 1.0
 SLOW_TEARDOWN_S = 0.5
 
 
-def recommend(result: Profile, *, max_agents: int, cores: int) -> list[Recommendation]:
+SLOW_COMMIT_P99_S = 0.04
+SLOW_DECIDE_P99_S = 0.05
+SLOW_SNAPSHOT_P99_S = 0.5
+
+Operations = Mapping[str, Mapping[str, float | int | None]]
+"""Per operation span (``runtime.stats.Spans.summary``): count, total_s, p50_s, p99_s."""
+
+
+def recommend(
+    result: Profile, *, max_agents: int, cores: int, operations: Operations | None = None
+) -> list[Recommendation]:
     """What to change, each from the figure that shows it is worth it (module notes)."""
     out: list[Recommendation] = []
+    ops = operations or {}
+    commit_p99 = _p99(ops, "commit")
+    if commit_p99 is not None and commit_p99 > SLOW_COMMIT_P99_S:
+        out.append(
+            Recommendation(
+                f"journal commit p99 {commit_p99 * 1000:.0f} ms: the disk is slow; keep"
+                ' [run] durability = "process" (power fsyncs every batch) or move the'
+                " state home to a faster disk",
+                commit_p99,
+                "run.durability",
+            )
+        )
+    decide_p99 = _p99(ops, "decide")
+    if decide_p99 is not None and decide_p99 > SLOW_DECIDE_P99_S:
+        out.append(
+            Recommendation(
+                f"scheduling (decide) p99 {decide_p99 * 1000:.0f} ms: split the backlog"
+                " across state homes, or lower [run] max_agents",
+                decide_p99,
+                "run.max_agents",
+            )
+        )
+    snapshot_p99 = _p99(ops, "snapshot")
+    if snapshot_p99 is not None and snapshot_p99 > SLOW_SNAPSHOT_P99_S:
+        out.append(
+            Recommendation(
+                f"encoding a snapshot holds the loop {snapshot_p99:.2f} s p99: raise"
+                " [run] snapshot_interval_s",
+                snapshot_p99,
+                "run.snapshot_interval_s",
+            )
+        )
     phases = result.phases
     spawn, queue = phases["spawn"], phases["queue"]
     workspace, teardown = phases["workspace"], phases["teardown"]
@@ -352,3 +395,9 @@ def recommend(result: Profile, *, max_agents: int, cores: int) -> list[Recommend
             )
         )
     return out
+
+
+def _p99(ops: Operations, name: str) -> float | None:
+    figures = ops.get(name)
+    value = figures.get("p99_s") if figures is not None else None
+    return float(value) if value is not None else None

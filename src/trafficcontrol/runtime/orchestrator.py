@@ -143,6 +143,8 @@ class Orchestrator:
         self.stats = self._buffer.stats
         """The loop's own figures (``runtime.stats``): turns, commits, dispatch latency."""
         self.pool.stats = self.stats
+        if snapshotter is not None:
+            snapshotter.spans = self.stats.spans
         self._requests = RequestsServer(
             buffer=self._buffer, pool=self.pool, clock=clock, snapshotter=snapshotter
         )
@@ -271,8 +273,9 @@ class Orchestrator:
         store = self._buffer.watch
         self.stats.turned(self._clock.monotonic())
         if store.ok and self._clock.monotonic() - self._last_poll >= self._request_poll_s:
-            self._last_poll = self._clock.monotonic()
+            self._last_poll = started = self._clock.monotonic()
             await self._requests.serve(self.state)
+            self.stats.spans.observe("requests", started, self._clock.monotonic())
         events, waiters = self.pool.inbox.take()
         self._buffer.fold(events, waiters)
         self._next_wakeup = None
@@ -287,7 +290,9 @@ class Orchestrator:
 
     def _decide(self) -> None:
         """Ask ``decide`` and the hung watch; fold and buffer the intents, defer the acts."""
+        started = self._clock.monotonic()
         decision = decide(self.state, self._clock.now(), self.scheduler)
+        self.stats.spans.observe("decide", started, self._clock.monotonic())
         self._next_wakeup = decision.next_wakeup
         if self._stopping:
             return

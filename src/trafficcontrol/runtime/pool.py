@@ -396,9 +396,12 @@ class AgentPool:
                 path=Path(carried.workdir), branch=carried.branch, base_commit=carried.base_commit
             )
         elif project.is_git:
+            started = self._clock.monotonic()
             workspace = await asyncio.to_thread(
                 self._workspaces.prepare, project, spec.id, event.attempt_no
             )
+            if self.stats is not None:
+                self.stats.spans.observe("workspace", started, self._clock.monotonic())
         else:
             workspace = Workspace(path=Path(project.path))
         self.inbox.put(

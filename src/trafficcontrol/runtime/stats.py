@@ -12,6 +12,7 @@ dashboard's live push) right after the append returns: they must not block.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -75,6 +76,69 @@ class Histogram:
         return float("inf")
 
 
+@dataclass(frozen=True, slots=True)
+class SlowSpan:
+    name: str
+    seconds: float
+    at: float
+    """Monotonic time it ended."""
+
+
+SLOW_AFTER_S: dict[str, float] = {
+    "commit": 0.25,
+    "decide": 0.1,
+    "fold": 0.1,
+    "requests": 0.5,
+    "snapshot": 2.0,
+    "workspace": 5.0,
+    "http": 0.5,
+}
+"""Default thresholds of a slow span, per operation (``[profile] slow_after_s``): well
+above what ``./scripts/bench`` measures for each on a 2-core machine."""
+
+
+@dataclass(slots=True)
+class Spans:
+    """Time per named operation, always on: a clock read at each end and a histogram
+    update (``./scripts/bench scheduling --spans-off`` measures what that costs), plus a
+    bounded ring of the recent slow ones."""
+
+    enabled: bool = True
+    slow_after_s: dict[str, float] = field(default_factory=lambda: dict(SLOW_AFTER_S))
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    slow: deque[SlowSpan] = field(default_factory=lambda: deque(maxlen=200))
+    slow_listeners: list[Callable[[SlowSpan], None]] = field(default_factory=list)
+
+    def observe(self, name: str, started: float, ended: float) -> None:
+        """One ``name`` operation from ``started`` to ``ended`` (monotonic seconds)."""
+        if not self.enabled:
+            return
+        seconds = ended - started
+        histogram = self.histograms.get(name)
+        if histogram is None:
+            histogram = self.histograms[name] = Histogram()
+        histogram.observe(seconds)
+        threshold = self.slow_after_s.get(name)
+        if threshold is not None and seconds >= threshold:
+            span = SlowSpan(name, seconds, ended)
+            self.slow.append(span)
+            for listener in self.slow_listeners:
+                listener(span)
+
+    def summary(self) -> dict[str, dict[str, float | int | None]]:
+        """Per operation: count, total, p50, p99 (bucket bounds) and the slow threshold."""
+        return {
+            name: {
+                "count": h.count,
+                "total_s": h.total,
+                "p50_s": h.quantile(0.5),
+                "p99_s": h.quantile(0.99),
+                "slow_after_s": self.slow_after_s.get(name),
+            }
+            for name, h in sorted(self.histograms.items())
+        }
+
+
 CommitListener = Callable[[int, list[AnyEvent]], None]
 """Told (first sequence number, events) after every append that returned."""
 
@@ -92,6 +156,8 @@ class LoopStats:
     dispatch_latency_seconds: Histogram = field(default_factory=Histogram)
     """From a task becoming ready to its agent being started."""
     listeners: list[CommitListener] = field(default_factory=list)
+    spans: Spans = field(default_factory=Spans)
+    """Time per orchestrator operation (decide, fold, commit, snapshot, workspace, …)."""
 
     def turned(self, monotonic: float) -> None:
         self.turns += 1

@@ -112,7 +112,9 @@ class StoreBuffer:
         self, events: list[AnyEvent], waiters: list[asyncio.Future[None]] | None = None
     ) -> None:
         """Fold events that are not journaled yet and buffer them for the next append."""
+        started = self._clock.monotonic()
         self._apply(events)
+        self.stats.spans.observe("fold", started, self._clock.monotonic())
         self.unsent.extend(events)
         if waiters:
             self.deferred.waiters.extend(waiters)
@@ -227,7 +229,9 @@ class StoreBuffer:
         started = self._clock.monotonic()
         last = await self.blocking(self._journal.append, events)
         stats = self.stats
-        stats.commit_seconds.observe(self._clock.monotonic() - started)
+        ended = self._clock.monotonic()
+        stats.commit_seconds.observe(ended - started)
+        stats.spans.observe("commit", started, ended)
         if stats.listeners:
             stats.committed(last - len(events) + 1, events)
         return last
