@@ -325,12 +325,21 @@ class App:
             self.snapshot_files(), clock=self.clock, interval_s=interval, instance=instance
         )
 
+    def _profiled(self, orchestrator: Orchestrator) -> Orchestrator:
+        """The ``[profile]`` settings applied to the orchestrator's spans and slow watch."""
+        settings = self.settings.profile
+        spans = orchestrator.stats.spans
+        spans.enabled = settings.spans
+        spans.slow_after_s.update(settings.slow_after_s)
+        orchestrator.slow.quiet_s = settings.quiet_s
+        return orchestrator
+
     def start(self, *, record_latency: bool = False) -> tuple[Orchestrator, list[str]]:
         """An orchestrator with its recovered state, and what recovery found.
         The caller holds the run lock."""
         recovered = self.recover()
         self.last_recovery = recovered
-        orchestrator = self.orchestrator(record_latency=record_latency)
+        orchestrator = self._profiled(self.orchestrator(record_latency=record_latency))
         orchestrator.recover(recovered.state)
         return orchestrator, recovered.notes
 

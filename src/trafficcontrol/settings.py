@@ -96,6 +96,23 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("http.healthy_after_s must be > 0")
 
 
+class ProfileSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The always-on operation spans and slow-operation alerts (see README, Profile)."""
+
+    spans: bool = True
+    """Time every orchestrator operation (a clock read and a histogram update each)."""
+    slow_after_s: dict[str, float] = msgspec.field(default_factory=dict)
+    """Per operation, when a span counts as slow (over the defaults in
+    ``runtime.stats.SLOW_AFTER_S``: commit 0.25, decide 0.1, fold 0.1, requests 0.5,
+    snapshot 2.0, workspace 5.0, http 0.5)."""
+    quiet_s: float = 60.0
+    """A slow-operation incident is over once this long passes without a slow span."""
+
+    def __post_init__(self) -> None:
+        if self.quiet_s <= 0 or any(v <= 0 for v in self.slow_after_s.values()):
+            raise ValueError("profile.quiet_s and profile.slow_after_s values must be > 0")
+
+
 class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     seed: int = 0
 
@@ -105,6 +122,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     claude: ClaudeSettings = msgspec.field(default_factory=ClaudeSettings)
     sim: SimConfig = msgspec.field(default_factory=SimConfig)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    profile: ProfileSettings = msgspec.field(default_factory=ProfileSettings)
     capacity: CapacityConfig = msgspec.field(default_factory=CapacityConfig)
     """The plan usage is metered against: windows, limits, weights (see README, Capacity)."""
     routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)

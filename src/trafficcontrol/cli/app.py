@@ -315,6 +315,8 @@ async def _follow(orchestrator: Orchestrator, *, forever: bool, show_live: bool)
     else:
         last = ""
         seen = orchestrator.state.capacity.warnings_total
+        slow_seen: set[tuple[str, float]] = set()
+        views.new_slow_incidents(orchestrator.state, slow_seen)  # the ones before this run
         while True:
             finished = job.done()
             if not finished:
@@ -326,6 +328,8 @@ async def _follow(orchestrator: Orchestrator, *, forever: bool, show_live: bool)
             warnings, seen = views.new_warnings(orchestrator.state, seen)
             for text in warnings:
                 err.print(f"tc run: warning: {text}", highlight=False)
+            for text in views.new_slow_incidents(orchestrator.state, slow_seen):
+                err.print(f"tc run: slow: {text}", highlight=False)
             if finished:
                 break
     await job

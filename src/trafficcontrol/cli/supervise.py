@@ -39,9 +39,13 @@ def backend_for(spec: Spec, environ: Mapping[str, str]) -> AgentBackend:
     )
 
 
-def run_spec(spec_path: Path) -> int:
+def run_spec(spec_path: Path, environ: Mapping[str, str] | None = None) -> int:
     """Supervise the attempt ``spec_path`` describes: 0 once its exit record is written,
-    2 when the spec cannot be used."""
+    2 when the spec cannot be used. ``environ`` (a supervisor forked by the launcher)
+    becomes this process's environment first, as an exec would have made it."""
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     try:
         spec = read_spec(spec_path)
         backend = backend_for(spec, os.environ)

@@ -18,6 +18,7 @@ from trafficcontrol.domain.breakers import BreakerPolicy, BreakerRecord, Breaker
 from trafficcontrol.domain.failures import FailureClass
 from trafficcontrol.domain.model import SIMULATED_LABEL, LimitHit, TaskState, Usage
 from trafficcontrol.domain.records import AttemptRecord, TaskRecord
+from trafficcontrol.domain.resilience import SLOW_KEY
 from trafficcontrol.domain.state import State
 
 STATE_STYLE = {
@@ -319,6 +320,17 @@ class LiveView:
             parts.append(Text(f"warning: {warning.text}", style="yellow"))
         parts.append(running_table(state, now))
         return Group(*parts)
+
+
+def new_slow_incidents(state: State, seen: set[tuple[str, float]]) -> list[str]:
+    """Slow-operation incidents opened since the last call (``seen`` is updated)."""
+    out = []
+    for incident in state.resilience.incidents:
+        key = (incident.key, incident.opened_at)
+        if incident.key.startswith(SLOW_KEY) and key not in seen:
+            seen.add(key)
+            out.append(incident.reason)
+    return out
 
 
 def new_warnings(state: State, seen: int) -> tuple[list[str], int]:

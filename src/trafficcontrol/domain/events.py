@@ -255,6 +255,24 @@ class StoreOutage(Event, tag="store_outage", frozen=True):
     last_error: str
 
 
+class SlowOperation(Event, tag="slow_operation", frozen=True):
+    """An orchestrator operation took longer than its threshold: the start of a slow
+    incident, journaled once however many slow spans it lasts."""
+
+    operation: str
+    seconds: float
+    threshold_s: float
+
+
+class SlowOperationCleared(Event, tag="slow_operation_cleared", frozen=True):
+    """The incident ``SlowOperation`` opened is over: no slow span for a while."""
+
+    operation: str
+    slow_spans: int
+    """Slow spans of this operation during the incident."""
+    worst_s: float
+
+
 class OrchestratorStarted(Event, tag="orchestrator_started", frozen=True):
     instance: str
     pid: int
@@ -294,4 +312,6 @@ AnyEvent = (
     | OrchestratorStopped
     | RolledBack
     | StoreOutage
+    | SlowOperation
+    | SlowOperationCleared
 )

@@ -29,6 +29,8 @@ from trafficcontrol.domain.retries import RetryPolicy
 
 _KEEP_ERRORS = 200
 _KEEP_INCIDENTS = 100
+SLOW_KEY = "slow:"
+"""Incidents of slow orchestrator operations are keyed ``slow:<operation>``."""
 _COUNTED = (FailureClass.TRANSIENT, FailureClass.INFRASTRUCTURE)
 
 
@@ -140,6 +142,26 @@ class Resilience:
         incident = apply_change(record, state, reason, at)
         if incident is not None:
             self.incidents.append(incident)
+
+    def slow_opened(self, key: str, at: float, reason: str) -> None:
+        """A slow-operation incident begins (``SlowOperation``)."""
+        if not any(i.key == key and i.closed_at is None for i in self.incidents):
+            self.incidents.append(Incident(key=key, opened_at=at, closed_at=None, reason=reason))
+
+    def slow_closed(self, key: str, at: float, reason: str | None = None) -> None:
+        """The open incident ``key`` ends (cleared, or its orchestrator is gone)."""
+        for index, incident in enumerate(self.incidents):
+            if incident.key == key and incident.closed_at is None:
+                self.incidents[index] = msgspec.structs.replace(
+                    incident, closed_at=at, reason=reason or incident.reason
+                )
+
+    def close_slow(self, at: float) -> None:
+        """Its orchestrator stopped (or a new one starts after a crash): the slow
+        incidents it had open ended with it."""
+        for incident in list(self.incidents):
+            if incident.key.startswith(SLOW_KEY) and incident.closed_at is None:
+                self.slow_closed(incident.key, at)
 
     def outage(self, key: str, started_at: float, ended_at: float, reason: str) -> None:
         """A dependency that was down and is back, journaled after the fact (the store

@@ -46,6 +46,8 @@ from trafficcontrol.domain.events import (
     RateLimitObserved,
     ResilienceConfigured,
     RolledBack,
+    SlowOperation,
+    SlowOperationCleared,
     StoreOutage,
     TaskCancelRequested,
     TaskDeferred,
@@ -69,7 +71,7 @@ from trafficcontrol.domain.model import (
     TaskState,
 )
 from trafficcontrol.domain.records import AttemptRecord, TaskRecord
-from trafficcontrol.domain.resilience import Resilience
+from trafficcontrol.domain.resilience import SLOW_KEY, Resilience
 from trafficcontrol.domain.retries import full_jitter_delay, task_delay
 from trafficcontrol.domain.workflows import StepOutcome, WorkflowRun, WorkflowSpec, advance
 from trafficcontrol.domain.workflows import start as start_workflow
@@ -723,8 +725,23 @@ def apply(state: State, event: AnyEvent) -> State:
         case OrchestratorStarted():
             state.instance = event.instance
             state.running_orchestrator = True
+            state.resilience.close_slow(event.at)
+        case SlowOperation():
+            state.resilience.slow_opened(
+                SLOW_KEY + event.operation,
+                event.at,
+                f"{event.operation} took {event.seconds:.3f} s"
+                f" (slow after {event.threshold_s:g} s)",
+            )
+        case SlowOperationCleared():
+            state.resilience.slow_closed(
+                SLOW_KEY + event.operation,
+                event.at,
+                f"{event.operation}: {event.slow_spans} slow spans, worst {event.worst_s:.3f} s",
+            )
         case OrchestratorStopped():
             state.running_orchestrator = False
+            state.resilience.close_slow(event.at)
         case RolledBack():
             _apply_rollback(state, event)
         case StoreOutage():

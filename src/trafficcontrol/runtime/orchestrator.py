@@ -65,6 +65,7 @@ from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.pool import AgentPool
 from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, account_for_leftovers
 from trafficcontrol.runtime.requests_server import RequestsServer
+from trafficcontrol.runtime.slow_watch import SlowWatch
 from trafficcontrol.runtime.snapshotter import Snapshotter
 from trafficcontrol.runtime.stats import LoopStats
 from trafficcontrol.runtime.store_buffer import StoreBuffer
@@ -145,6 +146,8 @@ class Orchestrator:
         self.pool.stats = self.stats
         if snapshotter is not None:
             snapshotter.spans = self.stats.spans
+        self.slow = SlowWatch(self.stats.spans)
+        """Slow operations as incidents (``runtime.slow_watch``)."""
         self._requests = RequestsServer(
             buffer=self._buffer, pool=self.pool, clock=clock, snapshotter=snapshotter
         )
@@ -278,6 +281,8 @@ class Orchestrator:
             self.stats.spans.observe("requests", started, self._clock.monotonic())
         events, waiters = self.pool.inbox.take()
         self._buffer.fold(events, waiters)
+        if store.ok and (slow := self.slow.events(self._clock.now(), self._clock.monotonic())):
+            self._buffer.fold(slow)
         self._next_wakeup = None
         if self.lead is not None:
             self.lead.observe(self.state, events)

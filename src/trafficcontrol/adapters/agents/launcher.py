@@ -149,9 +149,10 @@ class SupervisorLauncher:
 
 
 # -- the launcher process -------------------------------------------------------------------
-def serve(run_supervisor: Callable[[Path], int]) -> int:
+def serve(run_supervisor: Callable[[Path, dict[str, str]], int]) -> int:
     """The launcher's loop (module notes): fork a supervisor per request line until
-    end-of-file. ``run_supervisor(spec_path)`` runs in the child. Modules a ``preload``
+    end-of-file. ``run_supervisor(spec_path, environ)`` runs in the child and makes
+    ``environ`` its environment. Modules a ``preload``
     request names are imported one at a time while no request waits."""
     import select
     import signal
@@ -185,7 +186,7 @@ def serve(run_supervisor: Callable[[Path], int]) -> int:
 
 
 def _answer(
-    line: bytes, pending: list[str], run_supervisor: Callable[[Path], int]
+    line: bytes, pending: list[str], run_supervisor: Callable[[Path, dict[str, str]], int]
 ) -> dict[str, object]:
     """Serve the request ``line`` (a preload, or a supervisor to fork); the answer."""
     try:
@@ -204,8 +205,8 @@ def _answer(
     if pid == 0:  # the supervisor
         code = 2
         try:
-            _become_supervisor(cwd, env, stderr)
-            code = run_supervisor(spec)
+            _become_supervisor(cwd, stderr)
+            code = run_supervisor(spec, env)
         except BaseException:  # nothing may return into the launcher's loop
             log.exception("supervisor failed")
         finally:
@@ -214,8 +215,8 @@ def _answer(
     return {"pid": pid}
 
 
-def _become_supervisor(cwd: Path, env: dict[str, str], stderr: Path) -> None:
-    """In the forked child: a session of its own, the attempt's stdio, its environment."""
+def _become_supervisor(cwd: Path, stderr: Path) -> None:
+    """In the forked child: a session of its own, the attempt's stdio and directory."""
     import signal
 
     os.setsid()
@@ -229,5 +230,3 @@ def _become_supervisor(cwd: Path, env: dict[str, str], stderr: Path) -> None:
     os.close(devnull)
     os.close(err)
     os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
