@@ -66,3 +66,44 @@ def test_quick_adoption_bench_adopts_every_attempt_and_leaves_no_process(tmp_pat
     assert report["left_to_kill"] == 0, "every process the bench started was already gone"
     assert set(report["pass"]) == {"start_adopting_live", "start_adopting_finished"}
     assert not list(tmp_path.iterdir()), "its state homes are removed"
+
+
+def test_quick_http_bench_reports_the_three_goals_and_reads_every_batch(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.http", "--quick", "--json", "--tmpdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    throughput = report["throughput"]
+    assert throughput["verified"] is True and throughput["problems"] == []
+    off, on = throughput["off"], throughput["on"]
+    assert (off["served"], on["served"]) == (False, True)
+    assert off["tasks"] == on["tasks"] and off["transitions"] == on["transitions"]
+    assert throughput["ratio"] == on["tasks_per_s"] / off["tasks_per_s"]
+    assert len(throughput["ratios_per_pair"]) == report["repeat"]
+    for kind in ("loaded", "paced"):  # every committed batch reached the client, or is counted
+        push = report["push"][kind]
+        assert push["caught_up"] is True and push["client_errors"] == []
+        assert push["samples"] > 0 and push["samples"] + push["missing"] == push["batches"]
+        assert 0 < push["p50_ms"] <= push["p99_ms"] <= push["max_ms"]
+        assert push["events_received"] <= push["events_appended"]
+        if push["resyncs"] == push["gaps"] == 0:  # nothing fell out of the hub's ring
+            assert push["events_received"] == push["events_appended"] and push["missing"] == 0
+    pages = report["pages"]
+    assert pages["served_total"] == pages["home"]["tasks"] == pages["home"]["counts"]["done"]
+    for name in ("healthz", "overview", "tasks", "status", "metrics"):
+        page = pages["pages"][name]
+        assert page["samples"] == pages["requests"] and page["bytes"] > 0
+        assert 0 < page["p50_ms"] <= page["p99_ms"]
+    assert set(report["pass"]) == {
+        "on_off_ratio",
+        "exactly_once",
+        "push_p99_ms",
+        "push_paced_p99_ms",
+        "overview_p50_ms",
+    }
+    assert not list(tmp_path.iterdir()), "its state homes are removed"

@@ -1,0 +1,44 @@
+"""The performance regression gate (``bench/gate.py``): the committed baseline passes an
+unchanged tree, and an injected 30% slowdown of one operation fails it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parent.parent
+
+
+def gate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--compare", "bench/baseline.json", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_the_committed_baseline_passes_an_unchanged_tree() -> None:
+    done = gate("--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["regressions"] == []
+    assert set(report["figures"]) == {"decide", "fold", "snapshot", "profile"}
+    assert all(f["ratio"] > 0 for f in report["figures"].values())
+
+
+@pytest.mark.parametrize("operation", ["decide", "profile"])
+def test_an_injected_30_percent_slowdown_fails_the_gate(operation: str) -> None:
+    done = gate(TC_GATE_SLOWDOWN=f"{operation}:1.3")
+    assert done.returncode == 1, done.stdout + done.stderr
+    regressions = [line for line in done.stdout.splitlines() if line.startswith("REGRESSION")]
+    assert [line.split()[1] for line in regressions] == [f"{operation}:"]
