@@ -4,13 +4,17 @@ whose answers are known by construction (the simulator in virtual time, and a re
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import tc, tc_json
+from tests.cli_helpers import spawn_tc, tc, tc_json
 from tests.helpers import agent_argv, journal_events, make_app, project, submit, task
+from tests.test_claude_resume import wait_for_events
 from trafficcontrol.domain.decide import SchedulerConfig
+from trafficcontrol.domain.events import OrchestratorStarted
 from trafficcontrol.domain.model import AgentSettings, ProjectId, ProjectSpec, SimSettings
 from trafficcontrol.domain.profile import Stat, profile
 from trafficcontrol.domain.requests import SubmitRequest
@@ -106,3 +110,31 @@ def test_tc_profile_of_a_real_run_names_its_critical_path_and_bottlenecks(tmp_pa
     assert 0 < shown["makespan_s"] < 60
     text = tc("profile", home=home).stdout
     assert "critical path" in text and "a → b → c" in text
+
+
+@pytest.mark.e2e
+def test_tc_profile_sample_profiles_the_running_orchestrator(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    app = make_app(home)
+    submit(app, [project(tmp_path / "p")], [task("a")])
+    app.close()
+    refused = tc("profile", "--sample", "1s", home=home, check=False)
+    assert refused.returncode == 2 and "nothing to sample" in refused.stderr
+    assert tc("profile", "--sample", "soon", home=home, check=False).returncode == 2
+
+    running = spawn_tc("run", "--forever", "--no-live", home=home)
+    try:
+        wait_for_events(
+            home,
+            lambda ev: any(isinstance(e, OrchestratorStarted) for e in ev),
+            "tc run started",
+        )
+        done = tc("profile", "--sample", "1s", home=home)
+    finally:
+        running.send_signal(signal.SIGTERM)
+        running.communicate(timeout=60)
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    html, speedscope = Path(lines["report"]), Path(lines["speedscope"])
+    assert html.parent == home / "profiles"
+    assert "pyinstrument" in html.read_text()
+    assert "speedscope" in json.loads(speedscope.read_text())["$schema"]

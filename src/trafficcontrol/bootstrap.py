@@ -34,6 +34,7 @@ from trafficcontrol.domain.events import AnyEvent, RolledBack
 from trafficcontrol.domain.requests import (
     AnyRequest,
     RollbackRequest,
+    SampleRequest,
     SnapshotRequest,
     SubmitRequest,
     plan,
@@ -222,6 +223,10 @@ class App:
                 return RequestResult(ok=True, message=message)
             case RollbackRequest():
                 return self._rollback_offline(request)
+            case SampleRequest():
+                return RequestResult(
+                    ok=False, message="no tc run works on this home: there is nothing to sample"
+                )
             case _:
                 event = plan(self.read_state(), request, self.clock.now())
                 if event is None:

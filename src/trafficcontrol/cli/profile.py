@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, existing_state, make_app, out
+from trafficcontrol.bootstrap import App
+from trafficcontrol.cli.app import (
+    HomeOption,
+    JsonOption,
+    emit_json,
+    err,
+    existing_state,
+    fail,
+    make_app,
+    out,
+)
 from trafficcontrol.cli.formats import duration
 from trafficcontrol.cli.profile_report import PROFILE_FILE, profile_dict, read_saved
 from trafficcontrol.domain.profile import (
     PHASES,
     profile,
 )
+from trafficcontrol.domain.requests import SampleRequest
 
 
 def _seconds(value: object) -> str:
@@ -26,10 +40,54 @@ def register(app: typer.Typer) -> None:
         app.command("profile")(profile_command)
 
 
-def profile_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
+def parse_duration(text: str) -> float:
+    """``30s``, ``2m``, ``90``: seconds; raises ``typer.BadParameter`` naming the value."""
+    value = text.strip().lower()
+    scale = {"s": 1.0, "m": 60.0}.get(value[-1:])
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration (30s, 2m, 90)") from None
+    if not 0 < seconds <= 600:
+        raise typer.BadParameter(f"{text!r}: a sample lasts more than 0 s and at most 10m")
+    return seconds
+
+
+def sample(app_: App, seconds: float) -> None:
+    """Ask the running orchestrator for a sampling profile; wait for its report."""
+    result = app_.request(SampleRequest(seconds=seconds))
+    if not result.ok:
+        fail(result.message, code=2)
+    html, speedscope = (Path(p) for p in result.details)
+    err.print(f"tc profile: {result.message}; the report goes to {html}", highlight=False)
+    deadline = time.monotonic() + seconds + 60
+    while not html.exists():
+        if time.monotonic() > deadline:
+            fail(f"no report at {html} within {seconds + 60:.0f} s (see tc run's output)")
+        time.sleep(0.2)  # another process writes it: nothing to wait on
+    out.print(f"report: {html}\nspeedscope: {speedscope}", highlight=False)
+
+
+def profile_command(
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+    sample_for: Annotated[
+        str | None,
+        typer.Option(
+            "--sample",
+            metavar="DURATION",
+            help="Sample the running tc run's stacks this long (30s, 2m) with pyinstrument"
+            " and save an HTML and a speedscope report under <home>/profiles/.",
+        ),
+    ] = None,
+) -> None:
     """Where the backlog's time went: phases of every attempt, the critical path, the
     top bottlenecks, and what to change (from the journal; works while tc run runs)."""
     app_ = make_app(home)
+    if sample_for is not None:
+        sample(app_, parse_duration(sample_for))
+        return
     existing_state(app_)  # a clear error when there is no state home
     events = [event for _seq, event in app_.journal().read()]
     result = profile(events)

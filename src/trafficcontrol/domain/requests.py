@@ -54,7 +54,16 @@ class RollbackRequest(msgspec.Struct, frozen=True, tag="rollback"):
     dry_run: bool = False
 
 
-AnyRequest = SubmitRequest | CancelRequest | RetryRequest | SnapshotRequest | RollbackRequest
+class SampleRequest(msgspec.Struct, frozen=True, tag="sample"):
+    """Run the sampling profiler on the orchestrator for ``seconds`` (``tc profile
+    --sample``); served by the running orchestrator only."""
+
+    seconds: float
+
+
+AnyRequest = (
+    SubmitRequest | CancelRequest | RetryRequest | SnapshotRequest | RollbackRequest | SampleRequest
+)
 
 request_decoder = msgspec.json.Decoder(AnyRequest)
 

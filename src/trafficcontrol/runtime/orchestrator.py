@@ -65,6 +65,7 @@ from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.pool import AgentPool
 from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, account_for_leftovers
 from trafficcontrol.runtime.requests_server import RequestsServer
+from trafficcontrol.runtime.sampler import Sampler
 from trafficcontrol.runtime.slow_watch import SlowWatch
 from trafficcontrol.runtime.snapshotter import Snapshotter
 from trafficcontrol.runtime.stats import LoopStats
@@ -151,6 +152,7 @@ class Orchestrator:
         self._requests = RequestsServer(
             buffer=self._buffer, pool=self.pool, clock=clock, snapshotter=snapshotter
         )
+        self._requests.sampler = Sampler(logs_dir.parent / "profiles")
         self._hung = HungWatch(hung_after_s)
 
     # -- lifecycle --------------------------------------------------------------------

@@ -21,6 +21,7 @@ from trafficcontrol.domain.events import AttemptStopRequested, RolledBack
 from trafficcontrol.domain.model import StopReason
 from trafficcontrol.domain.requests import (
     RollbackRequest,
+    SampleRequest,
     SnapshotRequest,
     plan,
     request_decoder,
@@ -30,6 +31,7 @@ from trafficcontrol.domain.state import State
 from trafficcontrol.errors import StoreError, TrafficControlError
 from trafficcontrol.ports import Clock, RequestResult
 from trafficcontrol.runtime.pool import AgentPool
+from trafficcontrol.runtime.sampler import Sampler
 from trafficcontrol.runtime.snapshotter import Snapshotter
 from trafficcontrol.runtime.store_buffer import StoreBuffer
 
@@ -49,6 +51,8 @@ class RequestsServer:
         self._pool = pool
         self._clock = clock
         self._snapshotter = snapshotter
+        self.sampler: Sampler | None = None
+        """``tc profile --sample`` (``runtime.sampler``); set by the orchestrator."""
 
     async def serve(self, state: State) -> None:
         buffer = self._buffer
@@ -65,6 +69,8 @@ class RequestsServer:
                         result = await self._snapshot_now(state)
                     case RollbackRequest():
                         result = await self._rollback(state, decoded)
+                    case SampleRequest():
+                        result = self._sample(decoded.seconds)
                     case _:
                         event = plan(state, decoded, self._clock.now())
                         if event is not None:
@@ -81,6 +87,19 @@ class RequestsServer:
             except ValueError as exc:  # msgspec.DecodeError: a malformed request row
                 result = RequestResult(ok=False, message=f"malformed request: {exc}")
             buffer.deferred.answers.append((request.id, result))
+
+    def _sample(self, seconds: float) -> RequestResult:
+        if self.sampler is None:
+            return RequestResult(ok=False, message="this orchestrator cannot sample itself")
+        try:
+            html, speedscope = self.sampler.start(seconds)
+        except ValueError as exc:
+            return RequestResult(ok=False, message=f"sample: {exc}")
+        return RequestResult(
+            ok=True,
+            message=f"sampling the orchestrator for {seconds:g} s",
+            details=[str(html), str(speedscope)],
+        )
 
     async def _snapshot_now(self, state: State) -> RequestResult:
         if self._snapshotter is None:
