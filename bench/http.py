@@ -3,8 +3,8 @@ append reaches an open page, and how fast the pages answer with 10,000 tasks.
 
 Run from the repository root::
 
-    python -m bench.http            # the full run (about two minutes on 2 cores)
-    python -m bench.http --quick    # a small run for smoke tests (well under a minute)
+    python -m bench.http            # the full run (about a minute on 2 cores)
+    python -m bench.http --quick    # a small run for smoke tests (about 10 s)
     python -m bench.http --json     # the same numbers as one JSON object
 
 Numbers are reported, never asserted: the exit code is 0 whatever they are. Everything
@@ -15,9 +15,15 @@ default), and every process the bench starts is waited for or killed before it e
     tasks at ``--concurrency`` agents, durability=process, tasks/s from the journal's
     timestamps, the journal re-folded: every task done exactly once) run with the
     server off and with it on, the way ``tc run --http`` runs it (``cli.http.serving``
-    on the orchestrator's loop) and one dashboard client connected to
-    ``/api/events/stream`` for the whole run. The two cases run ``--repeat`` times,
-    interleaved, and their medians are compared, so a busy machine slows both.
+    on the orchestrator's loop) and one dashboard client connected for the whole run:
+    it reads ``/api/events/stream`` and, as ``static/live.js`` does on the overview,
+    fetches ``/`` again 100 ms after a message, at most once a second (``--page none``:
+    the stream only). The
+    cases run ``--repeat`` times, interleaved, and their medians are compared, so a
+    busy machine slows both; a third case per repeat, a client that only reads the
+    stream, is shown for information. The loop thread's CPU time per task is shown
+    too (steadier than wall time on a shared machine), and the garbage is collected
+    before each run (else the previous run's state is collected inside this one).
 (b) Push latency: journal append -> the client has read the SSE message that carries
     the batch. A commit listener registered on the orchestrator's ``LoopStats`` (beside
     the server's own) records ``time.monotonic()`` per batch; the client, a separate
@@ -41,6 +47,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import gc
 import io
 import json
 import math
@@ -85,6 +92,8 @@ CLIENT_TIMEOUT_S = 60.0
 MAX_RESYNCS = 100
 PAGE_DEBOUNCE_S = 0.1
 """``DEBOUNCE_MS`` of ``static/live.js``."""
+PAGE_MIN_INTERVAL_S = 1.0
+"""``MIN_INTERVAL_MS`` of ``static/live.js``: refreshes at least this far apart."""
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGES = (
     ("healthz", "/healthz"),
@@ -197,17 +206,19 @@ def _stream(url: str, headers: dict[str, str], rec: _Recorder, page: str) -> Non
 
 def _refresher(url: str, headers: dict[str, str], rec: _Recorder) -> None:
     """The overview page's ``refreshFragments``: after a ``journal`` message, wait
-    ``PAGE_DEBOUNCE_S``, fetch the page again; one fetch at a time, and messages that
-    came during one ask for one more (``static/live.js``). On its own connection, as a
+    ``PAGE_DEBOUNCE_S`` (and at least ``PAGE_MIN_INTERVAL_S`` after the last fetch), fetch
+    the page again; one fetch at a time, and messages that came during one ask for one
+    more (``static/live.js``). On its own connection, as a
     browser's fetch beside an open EventSource."""
     try:
         with httpx.Client(timeout=CLIENT_TIMEOUT_S, headers=headers) as client:
+            last = 0.0
             while not rec.stopping.is_set():
                 if not rec.refresh.wait(0.2):
                     continue
-                time.sleep(PAGE_DEBOUNCE_S)
+                time.sleep(max(PAGE_DEBOUNCE_S, last + PAGE_MIN_INTERVAL_S - time.perf_counter()))
                 rec.refresh.clear()
-                start = time.perf_counter()
+                start = last = time.perf_counter()
                 client.get(f"{url}/", headers={"Accept": "text/html"}).raise_for_status()
                 rec.refreshes.append(time.perf_counter() - start)
     except httpx.HTTPError as exc:
@@ -269,12 +280,43 @@ def push_latencies(
     return out, missing
 
 
+class _GcTimer:
+    """Time in the cyclic garbage collector while it is installed (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.full += info["generation"] == 2
+
+    def __enter__(self) -> _GcTimer:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 async def _timed_run(orch: Orchestrator) -> dict[str, float]:
-    """``orch.run``; its wall time and the CPU time of this thread (the loop's: the
-    journal's own thread and the client's process are not in it)."""
-    cpu, start = time.thread_time(), time.perf_counter()
-    await orch.run(until_idle=True)
-    return {"run_wall_s": time.perf_counter() - start, "loop_cpu_s": time.thread_time() - cpu}
+    """``orch.run``; its wall time, the CPU time of this thread (the loop's: the
+    journal's own thread and the client's process are not in it) and the time the
+    garbage collector took in it."""
+    with _GcTimer() as collector:
+        cpu, start = time.thread_time(), time.perf_counter()
+        await orch.run(until_idle=True)
+        wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+    return {
+        "run_wall_s": wall,
+        "loop_cpu_s": cpu,
+        "gc_s": collector.seconds,
+        "gc_full": collector.full,
+    }
 
 
 async def _served_run(app: BenchApp, orch: Orchestrator, page: str) -> dict[str, Any]:
@@ -338,10 +380,11 @@ def run_workload(
         submit_ok(app, SubmitRequest(source="bench", projects=[project_spec(root)], tasks=tasks))
         orch = app.orchestrator()
         orch.recover()
+        gc.collect()  # the previous run's garbage is not this run's cost
         push: dict[str, Any] | None = None
         if served:
             push = asyncio.run(_served_run(app, orch, page))
-            ran = {k: push.pop(k) for k in ("run_wall_s", "loop_cpu_s")}
+            ran = {k: push.pop(k) for k in ("run_wall_s", "loop_cpu_s", "gc_s", "gc_full")}
         else:
             ran = asyncio.run(_timed_run(orch))
         app.close()
@@ -376,6 +419,7 @@ def run_paced(n: int, concurrency: int, paced_ms: float, page: str) -> dict[str,
         submit_ok(app, SubmitRequest(source="bench", projects=[project], tasks=tasks))
         orch = app.orchestrator()
         orch.recover()
+        gc.collect()
         push = asyncio.run(_served_run(app, orch, page))
         app.close()
     push.update(tasks=n, concurrency=concurrency, paced_ms=paced_ms)
@@ -390,7 +434,7 @@ def summarize_push(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out.update(_ms(latencies))
     out["samples"] = len(latencies)
     refreshes = [x for r in runs for x in r["refreshes_s"]]
-    out["page_refreshes"] = {"count": len(refreshes), **_ms(refreshes)}
+    out["page_refreshes"] = {"count": len(refreshes), **(_ms(refreshes) if refreshes else {})}
     out["caught_up"] = all(r["caught_up"] for r in runs)
     out["client_errors"] = [r["client_error"] for r in runs if r["client_error"]]
     return out
@@ -601,7 +645,7 @@ def report(r: dict[str, Any]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     client = (
-        "SSE + GET / 100 ms after each message, as static/live.js on the overview"
+        "SSE + GET / 100 ms after a message, at most one a second, as static/live.js"
         if r["page"] == "overview"
         else "SSE only"
     )
@@ -619,7 +663,8 @@ def report(r: dict[str, Any]) -> str:
         f" off {_spread(a['samples_off'])} tasks/s; per-pair ratios"
         f" {'/'.join(f'{x:.3f}' for x in a['ratios_per_pair'])}",
         f"    the loop's CPU per task (main thread; medians): on {cpu['on']:.0f} µs,"
-        f" off {cpu['off']:.0f} µs ({cpu['on_over_off']:.3f}x)",
+        f" off {cpu['off']:.0f} µs ({cpu['on_over_off']:.3f}x); in the garbage collector"
+        f" on {a['gc_ms']['on']:.0f} ms, off {a['gc_ms']['off']:.0f} ms per run",
         *_stream_only_lines(a),
         *(_push_line(name, p) for name, p in (("loaded", loaded), ("paced", paced))),
         f"    paced: {paced['tasks']:,} agents of {paced['paced_ms']:.0f} ms ±50%,"
@@ -705,6 +750,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loop_cpu_us_per_task": {
             "off": statistics.median(r["loop_cpu_us_per_task"] for r in offs),
             "on": statistics.median(r["loop_cpu_us_per_task"] for r in ons),
+        },
+        "gc_ms": {
+            "off": statistics.median(r["gc_s"] * 1e3 for r in offs),
+            "on": statistics.median(r["gc_s"] * 1e3 for r in ons),
         },
         "verified": all(r["verified"] for r in runs),
         "problems": [p for r in runs for p in r["problems"]],

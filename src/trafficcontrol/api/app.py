@@ -143,10 +143,13 @@ def _stream(ctx: Context) -> Callable[[Request], Any]:
             try:
                 hello = {"seq": state.seq, "counts": counts_of(state)}
                 yield ServerSentEvent(encode(hello), event="hello")
+                sent = 0.0
                 while not hub.closed:
                     await subscriber.wake.wait()
                     subscriber.wake.clear()
-                    await asyncio.sleep(COALESCE_S)  # a burst of commits becomes one message
+                    if time.monotonic() - sent < COALESCE_S:
+                        await asyncio.sleep(COALESCE_S)  # a burst becomes one message
+                    sent = time.monotonic()
                     batches = hub.since(subscriber.cursor)
                     gap = batches is None
                     if batches is None:  # fell out of the ring: say so, send what is held

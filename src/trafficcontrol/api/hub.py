@@ -5,9 +5,10 @@ Design note. ``publish`` runs on the loop right after an append returns (a
 ``LoopStats`` commit listener, or ``tc serve``'s journal follower), so it does O(1)
 work per *batch*, whatever its size: it appends a reference to the batch to a ring and
 sets each subscriber's wake flag. Nothing is copied, queued per event or encoded
-there. A subscriber keeps only the sequence number it has sent up to; its stream wakes,
-lets a burst of commits gather for ``COALESCE_S`` (well under the 250 ms a page may
-lag), then reads what the ring holds after its cursor and sends one message. A
+there. A subscriber keeps only the sequence number it has sent up to; its stream wakes
+and, unless it sent a message less than ``COALESCE_S`` ago (a burst: let more commits
+gather, well under the 250 ms a page may lag), reads what the ring holds after its
+cursor at once and sends one message. A
 subscriber whose cursor fell out of the ring is told so (below) rather than slowing
 the loop or growing a queue. What is sent is a summary of the
 newest ``MAX_SUMMARIES`` events of the burst (type, sequence number, scalar fields)
@@ -30,8 +31,9 @@ import msgspec
 
 from trafficcontrol.domain.events import AnyEvent
 
-RECENT = 2000
-"""Events (at least) kept for ``/api/events`` and for streams a little behind."""
+RECENT = 10_000
+"""Events (at least) kept for ``/api/events`` and for streams a little behind: more
+than 50 ms of a saturated loop's events (references only, no copies)."""
 COALESCE_S = 0.05
 """How long a woken stream lets more commits gather before it sends."""
 MAX_SUMMARIES = 50

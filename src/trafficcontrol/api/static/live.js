@@ -21,18 +21,26 @@
     }
   }
 
-  // One run at a time; events arriving meanwhile ask for one more run after it.
+  // One run at a time; events arriving meanwhile ask for one more run after it. The
+  // first run follows an event by DEBOUNCE_MS; while events keep coming, runs are at
+  // least MIN_INTERVAL_MS apart: a busy orchestrator renders a page a second, not ten.
+  const MIN_INTERVAL_MS = 1000;
   function debounced(work) {
-    let timer = null, running = false, again = false;
+    let timer = null, running = false, again = false, last = 0;
     async function run() {
       timer = null;
       if (running) { again = true; return; }
       running = true;
+      last = Date.now();
       try { await work(); } catch (err) { console.warn("tc: refresh failed", err); }
       running = false;
       if (again) { again = false; schedule(); }
     }
-    function schedule() { if (timer === null) timer = setTimeout(run, DEBOUNCE_MS); }
+    function schedule() {
+      if (timer !== null) return;
+      const wait = Math.max(DEBOUNCE_MS, last + MIN_INTERVAL_MS - Date.now());
+      timer = setTimeout(run, wait);
+    }
     return schedule;
   }
 
