@@ -1,3 +1,3 @@
 """Shared pytest configuration: the scripted Anthropic-protocol provider's fixtures."""
 
-pytest_plugins = ["tests.provider.fixtures"]
+pytest_plugins = ["tests.provider.fixtures", "tests.pg"]

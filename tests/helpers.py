@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trafficcontrol.adapters.stores.sqlite import SqliteJournal
-from trafficcontrol.bootstrap import App, Home
+from trafficcontrol.bootstrap import STORE_ENV, App, Home, open_journal
 from trafficcontrol.domain.events import AnyEvent, AttemptDispatched, AttemptFinished
 from trafficcontrol.domain.model import (
     AgentSettings,
@@ -123,7 +123,10 @@ def submit(app: App, projects: list[ProjectSpec], tasks: list[TaskSpec]) -> None
 
 
 def journal_events(home: Path) -> list[AnyEvent]:
-    journal = SqliteJournal(home / "journal.db")
+    """The journal of ``home``: its own SQLite file, or the store ``TC_STORE`` names (a
+    test that runs ``tc`` on PostgreSQL sets it for the processes it starts)."""
+    url = os.environ.get(STORE_ENV)
+    journal = open_journal(url) if url else SqliteJournal(home / "journal.db")
     try:
         return [event for _seq, event in journal.read()]
     finally:

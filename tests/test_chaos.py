@@ -46,12 +46,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests import pg
 from tests.cli_helpers import spawn_tc
 from tests.helpers import AGENT, journal_events, make_app, project, submit, task
 from trafficcontrol.adapters.stores import recovery
 from trafficcontrol.adapters.stores.codec import decode
 from trafficcontrol.adapters.stores.snapshot_files import SnapshotStore
 from trafficcontrol.adapters.stores.sqlite import SqliteJournal
+from trafficcontrol.bootstrap import STORE_ENV, open_journal
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.events import (
     AgentProcessStarted,
@@ -110,9 +112,34 @@ def backlog(rng: random.Random, prefix: str, record: Path) -> list[TaskSpec]:
     return tasks
 
 
+class PostgresDatabases:
+    """Databases cloned from the session's migrated template (``tests/pg.py``)."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._template = request.getfixturevalue("pg_template")
+        self._names: list[str] = []
+
+    def new(self) -> str:
+        with pg.admin() as conn:
+            self._names.append(pg.create_database(conn, template=self._template))
+        return pg.url_of(self._names[-1])
+
+    def drop_all(self) -> None:
+        with pg.admin() as conn:
+            for name in self._names:
+                pg.drop_database(conn, name)
+
+
 # -- watching the other process -----------------------------------------------------------
 def journal_tail(home: Path, after: int) -> list[tuple[int, AnyEvent]]:
     """Committed events after ``after``, read without writing anything."""
+    url = os.environ.get(STORE_ENV)
+    if url:  # PostgreSQL: readers never block the writer
+        journal = open_journal(url)
+        try:
+            return list(journal.read(after=after))
+        finally:
+            journal.close()
     db = sqlite3.connect(f"file:{home / 'journal.db'}?mode=ro", uri=True, timeout=30)
     try:
         rows = db.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq", (after,))
@@ -122,6 +149,13 @@ def journal_tail(home: Path, after: int) -> list[tuple[int, AnyEvent]]:
 
 
 def last_seq(home: Path) -> int:
+    url = os.environ.get(STORE_ENV)
+    if url:
+        journal = open_journal(url)
+        try:
+            return journal.last_seq()
+        finally:
+            journal.close()
     db = sqlite3.connect(f"file:{home / 'journal.db'}?mode=ro", uri=True, timeout=30)
     try:
         return int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
@@ -252,7 +286,8 @@ def check_snapshot_recovery(ctx: Ctx) -> bool:
     """Before a restart: the snapshot recovery will use folds to the full replay's state.
     Returns whether a usable snapshot existed."""
     store = SnapshotStore(ctx.home / "snapshots", supported_schemas=[snapshot.SCHEMA])
-    journal = SqliteJournal(ctx.home / "journal.db")
+    url = os.environ.get(STORE_ENV)
+    journal = open_journal(url) if url else SqliteJournal(ctx.home / "journal.db")
     try:
         end = journal.last_seq()
         usable = [i for i in store.list() if i.meta is not None and i.meta.seq <= end]
@@ -376,12 +411,19 @@ def _finished(ctx: Ctx) -> bool:
     )
 
 
-@pytest.mark.timeout(600)
-def test_fifty_sigkills_at_random_moments_lose_and_repeat_nothing(tmp_path: Path) -> None:
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_fifty_sigkills_at_random_moments_lose_and_repeat_nothing(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     started = time.monotonic()
     kills = snapshots_at_restart = 0
     leftovers: list[str] = []
+    databases = PostgresDatabases(request) if backend == "postgres" else None
+    monkeypatch.delenv(STORE_ENV, raising=False)
     for g in range(GROUPS):
+        if databases is not None:  # a state home per group, and so a database per group
+            monkeypatch.setenv(STORE_ENV, databases.new())
         root = tmp_path / f"g{g}"
         home = root / "home"
         home.mkdir(parents=True)
@@ -397,8 +439,11 @@ def test_fifty_sigkills_at_random_moments_lose_and_repeat_nothing(tmp_path: Path
             kills += sum(1 for step in ctx.log if step.startswith("SIGKILL"))
             snapshots_at_restart += sum(1 for s in ctx.log if "snapshot=True" in s)
     elapsed = time.monotonic() - started
+    if databases is not None:
+        databases.drop_all()
     print(
-        f"chaos: {kills} SIGKILLs, {snapshots_at_restart} restarts from a snapshot, {elapsed:.1f}s"
+        f"chaos [{backend}]: {kills} SIGKILLs, {snapshots_at_restart} restarts from a"
+        f" snapshot, {elapsed:.1f}s"
     )
     assert kills >= GROUPS * PER_GROUP * 0.8, f"only {kills} kills landed (seed {SEED})"
     assert snapshots_at_restart >= kills // 2

@@ -25,7 +25,7 @@ from trafficcontrol.adapters.agents.supervised import supervised
 from trafficcontrol.adapters.stores import recovery
 from trafficcontrol.adapters.stores.run_lock import RunLock
 from trafficcontrol.adapters.stores.snapshot_files import SnapshotStore
-from trafficcontrol.adapters.stores.sqlite import SqliteJournal
+from trafficcontrol.adapters.stores.sqlite import Durability, SqliteJournal
 from trafficcontrol.adapters.system_clock import SystemClock
 from trafficcontrol.adapters.workflow_files import load_workflows
 from trafficcontrol.adapters.workspaces.git import GitWorkspaces
@@ -43,7 +43,7 @@ from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State
 from trafficcontrol.domain.workflows import WorkflowSpec
 from trafficcontrol.errors import BacklogError, ConfigError, StoreError, TrafficControlError
-from trafficcontrol.ports import AgentBackend, Clock, RequestResult
+from trafficcontrol.ports import AgentBackend, Clock, Journal, RequestResult
 from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.recovery import interrupt_leftovers
@@ -96,6 +96,51 @@ class Home:
         return self.journal.exists()
 
 
+STORE_ENV = "TC_STORE"
+"""The store URL every command honours (``--store`` sets it)."""
+
+
+def store_kind(url: str) -> str:
+    """``sqlite`` or ``postgresql``; raises ``ConfigError`` naming anything else."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        return "sqlite"
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    raise ConfigError(
+        f"store {mask_url(url)!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password, if any, replaced by ***."""
+    head, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, host = rest.partition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{head}://{user}{':***' if colon else ''}@{host}"
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///abs/path`` (or ``sqlite://relative``) as a path."""
+    rest = url.split("://", 1)[1]
+    if not rest:
+        raise ConfigError(f"store {url!r}: no file after sqlite://")
+    return Path(rest).expanduser()
+
+
+def open_journal(
+    url: str, *, durability: Durability = "process", busy_timeout_s: float = 30.0
+) -> Journal:
+    """The journal at ``url`` (one factory for every backend, DESIGN.md)."""
+    if store_kind(url) == "sqlite":
+        return SqliteJournal(sqlite_path(url), durability=durability, busy_timeout_s=busy_timeout_s)
+    from trafficcontrol.adapters.stores.postgres import PostgresJournal
+
+    return PostgresJournal(url, durability=durability, busy_timeout_s=busy_timeout_s)
+
+
 class App:
     """Builds and hands out the parts for one state home."""
 
@@ -111,18 +156,38 @@ class App:
         self.environ = environ
         self.settings = settings if settings is not None else load_settings(home.config)
         self.clock: Clock = clock or SystemClock()
-        self._journal: SqliteJournal | None = None
+        self._journal: Journal | None = None
         self.last_recovery: recovery.Recovered | None = None
 
     # -- storage ----------------------------------------------------------------------
-    def journal(self) -> SqliteJournal:
+    @property
+    def store_url(self) -> str:
+        """Where the journal lives: ``--store``/``TC_STORE``, else ``[run] store``, else
+        the home's own SQLite file."""
+        return (
+            self.environ.get(STORE_ENV)
+            or self.settings.run.store
+            or f"sqlite:///{self.home.journal}"
+        )
+
+    @property
+    def on_sqlite(self) -> bool:
+        return store_kind(self.store_url) == "sqlite"
+
+    def journal(self) -> Journal:
         if self._journal is None:
-            self._journal = SqliteJournal(
-                self.home.journal,
+            self._journal = open_journal(
+                self.store_url,
                 durability=self.settings.run.durability,
                 busy_timeout_s=self.settings.run.store_busy_timeout_s,
             )
         return self._journal
+
+    def has_state(self) -> bool:
+        """Something was ever journaled here (a SQLite home's file, or any event)."""
+        if self.on_sqlite:
+            return sqlite_path(self.store_url).exists()
+        return self.journal().last_seq() > 0
 
     def close(self) -> None:
         if self._journal is not None:
@@ -143,11 +208,16 @@ class App:
     def recover(self) -> recovery.Recovered:
         """The state for an orchestrator about to run, with every repair recovery makes.
         The caller holds the run lock."""
-        notes = recovery.check_wal(self.home.journal, self.home.quarantine)
+        notes: list[str] = []
         journal = self.journal()
-        notes += recovery.check_integrity(
-            self.home.journal, self.home.quarantine, clean=journal.last_run_clean()
-        )
+        if self.on_sqlite:  # the file's own repairs; a database server does its own
+            path = sqlite_path(self.store_url)
+            notes += recovery.check_wal(path, self.home.quarantine)
+            notes += recovery.check_integrity(
+                path, self.home.quarantine, clean=journal.last_run_clean()
+            )
+        elif journal.last_run_clean() is False:
+            notes.append(f"{mask_url(self.store_url)}: last run did not stop cleanly")
         return recovery.recover(journal, self.snapshot_files(), repair=True, notes=notes)
 
     def run_lock(self) -> RunLock:

@@ -274,6 +274,10 @@ class Journal(Protocol):
 
     def last_seq(self) -> int: ...
 
+    def last_run_clean(self) -> bool | None:
+        """Whether the last orchestrator journaled its clean stop (None: none ever ran)."""
+        ...
+
     def post_request(self, kind: str, body: bytes) -> int: ...
 
     def take_requests(self) -> list[Request]:

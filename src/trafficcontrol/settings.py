@@ -30,6 +30,9 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Limit of agents per model name, e.g. {"claude-opus-4-1" = 2}."""
     starvation_after_s: float = 3600.0
     """A task ready this long goes before higher priorities."""
+    store: str | None = None
+    """Where the journal lives: ``sqlite:///PATH`` or ``postgresql://USER@HOST:PORT/DB``
+    (None: ``<home>/journal.db``). ``--store`` / ``TC_STORE`` win."""
     durability: Literal["process", "power"] = "process"
     """process: survives a crash of tc (SQLite synchronous=NORMAL); power: also power loss."""
     grace_s: float = 5.0

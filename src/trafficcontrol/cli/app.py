@@ -24,7 +24,7 @@ from rich.markup import escape
 
 from trafficcontrol import __version__
 from trafficcontrol.adapters.backlog_file import read_backlog
-from trafficcontrol.bootstrap import App, Home
+from trafficcontrol.bootstrap import STORE_ENV, App, Home
 from trafficcontrol.cli import formats, http, views
 from trafficcontrol.cli.profile_report import PROFILE_FILE, save_spans
 from trafficcontrol.domain.model import (
@@ -79,7 +79,7 @@ def make_app(home: Path | None) -> App:
 
 
 def existing_state(app_: App) -> State:
-    if not app_.home.exists():
+    if not app_.has_state():
         fail(f"no state in {app_.home.root}: submit a backlog first (tc submit FILE.toml)")
     return app_.read_state()
 
@@ -109,7 +109,19 @@ def send(app_: App, request: AnyRequest) -> RequestResult:
 @app.callback()
 def main_options(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar=STORE_ENV,
+            metavar="URL",
+            help="Where the journal lives: sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+            " [default: [run] store in config.toml, else <home>/journal.db].",
+        ),
+    ] = None,
 ) -> None:
+    if store:
+        os.environ[STORE_ENV] = store  # every App of this command reads it (bootstrap)
     if version:
         out.print(f"tc {__version__}")
         raise typer.Exit()
@@ -551,6 +563,7 @@ def demo(
 def main() -> None:
     from trafficcontrol.cli import (
         capacity,
+        db,
         health,
         profile,
         serve,
@@ -566,4 +579,9 @@ def main() -> None:
     workflow.register(app)
     serve.register(app)
     profile.register(app)
-    app()
+    db.register(app)
+    try:
+        app()
+    except TrafficControlError as exc:  # one line, whatever command met it (a bad store)
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None

@@ -240,7 +240,7 @@ def verify_command(
     """Check the invariants on this home's journal: no task lost or done twice,
     dependencies, locks, limits, one outcome per attempt. Exit 1 naming each violation."""
     app_ = make_app(home)
-    if not app_.home.exists():
+    if not app_.has_state():
         fail(f"no state in {app_.home.root}: nothing to verify")
     config = app_.settings.scheduler()
     if max_agents is not None:

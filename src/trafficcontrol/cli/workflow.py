@@ -90,7 +90,7 @@ def show_workflow(
     app_ = make_app(home)
     run: WorkflowRun | None = None
     spec: WorkflowSpec | None = None
-    if app_.home.exists():
+    if app_.has_state():
         state = app_.read_state()
         record = state.tasks.get(TaskId(name))
         if record is not None:

@@ -29,6 +29,7 @@ from trafficcontrol.adapters.stores.sqlite import SqliteJournal
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import StoreError
+from trafficcontrol.ports import Journal
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,11 @@ def load_snapshot(
 
 
 def recover(
-    journal: SqliteJournal, store: SnapshotStore, *, repair: bool, notes: list[str] | None = None
+    journal: Journal, store: SnapshotStore, *, repair: bool, notes: list[str] | None = None
 ) -> Recovered:
     """The state: the newest usable snapshot plus the journal after it."""
     found = list(notes or [])
-    if repair:
+    if repair and isinstance(journal, SqliteJournal):  # a server keeps no torn rows
         found += remove_torn_last_row(journal.path, store.root.parent / "quarantine")
     base, meta, snapshot_notes = load_snapshot(store, journal.last_seq(), repair=repair)
     found += snapshot_notes

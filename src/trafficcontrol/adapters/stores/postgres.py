@@ -1,0 +1,320 @@
+"""The shared journal: PostgreSQL (or Supabase), for several instances or machines.
+
+Design note. Same semantics as ``SqliteJournal`` (the conformance suite in
+``trafficcontrol.testing.journal_conformance`` holds both to them); the schema is in
+``migrations/`` and is created or upgraded by the constructor (``pg_schema``).
+
+- **Gap-free sequence numbers.** ``journal_head`` has one row holding the last seq.
+  An append is one statement: ``UPDATE journal_head SET seq = seq + n ... RETURNING``
+  and, in the same statement, the insert of rows ``seq - n + 1 .. seq``. The update's
+  row lock serialises appenders until commit (a second one waits, then, at READ
+  COMMITTED, re-reads the row the first committed), so sequence numbers are contiguous
+  from 1, a rolled-back append leaves no hole, and appends commit in seq order: a
+  reader that has seen seq N never later finds an N-1 it missed. A ``SEQUENCE`` was
+  rejected for exactly that (values are handed out before commit, leak on rollback and
+  commit out of order); ``max(seq)+1`` for the race between two appenders. The head row
+  also keeps the run state (``last_run_clean``) and the id of the last append.
+- **One round trip per append** on a direct connection: autocommit, one statement, no
+  BEGIN/COMMIT; batches of more than ``CHUNK`` events are several statements in one
+  transaction. Group commit is the caller's batching, as with SQLite. Behind a
+  transaction pooler each write is a transaction that first sets its timeouts with
+  ``SET LOCAL``, four round trips: a long-running orchestrator is better served by a
+  direct connection or a session pooler (Supabase's port 5432).
+- **Durability is the server's**: a commit returns once PostgreSQL has it as durable as
+  its ``synchronous_commit``, ``fsync`` and replication settings say. ``durability``
+  ("process" or "power") changes nothing here; we never lower ``synchronous_commit``.
+- **A lost connection** fails the call with a retryable ``StoreError``; the next call
+  reconnects. An append whose connection died after it was sent is *in doubt*: it may
+  have committed. The next append resolves that before writing, under the head's lock:
+  if the head's ``last_append`` is the doubtful append's id, that batch is at the tail
+  of the journal, and the new batch must begin with it (the runtime retries its buffer
+  from the start); those events are not written again. A new batch that does not begin
+  with it is refused (not retryable: the journal holds events this process did not
+  fold). This assumes one writer, as fencing does: a second writer's append overwrites
+  ``last_append``.
+- **Reads** go in chunks of ``READ_CHUNK`` by key (``seq > last``), up to the head as it
+  was when ``read`` began (a snapshot, like SQLite's). Keyset chunks hold no
+  transaction or server-side cursor open between them, so an abandoned iterator costs
+  nothing and an append on the same connection may run between two chunks. Results
+  come in binary, so bodies are not hex-encoded on the wire.
+- **The inbox**: ``take_requests`` claims with ``UPDATE ... WHERE id IN (SELECT ... FOR
+  UPDATE SKIP LOCKED)``: concurrent takers never claim a request twice and never wait
+  for one another; when the inbox is empty it is one probe of a partial index.
+
+One connection, used by one thread at a time like SQLite's (psycopg serialises calls
+on it anyway). Errors are translated in ``pg_schema``; every message names ``where``,
+the URL with its password masked.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from psycopg.types.json import Jsonb
+
+from trafficcontrol.adapters.stores.codec import decode, encode
+from trafficcontrol.adapters.stores.pg_schema import (
+    Connection,
+    apply_migrations,
+    connect,
+    current_version,
+    latest,
+    newer_schema,
+    parse_url,
+    translated,
+)
+from trafficcontrol.domain.events import AnyEvent
+from trafficcontrol.errors import StoreError
+from trafficcontrol.ports import Request, RequestResult
+
+Durability = Literal["process", "power"]
+CHUNK = 10_000
+"""Events per insert statement (a bigger batch is several, in one transaction)."""
+READ_CHUNK = 5_000
+"""Events per query while reading."""
+
+T = TypeVar("T")
+Row = tuple[float, str, bytes]
+"""An event as stored: at, type, body."""
+
+_APPEND = """
+WITH head AS (
+    UPDATE journal_head
+    SET seq = seq + %(n)s::bigint,
+        run_state = coalesce(%(run_state)s::text, run_state),
+        last_append = %(token)s::bytea
+    RETURNING seq
+), written AS (
+    INSERT INTO events (seq, epoch, at, type, body)
+    SELECT head.seq - %(n)s::bigint + e.n, %(epoch)s::bigint, e.at, e.type, e.body
+    FROM head,
+        unnest(%(ats)s::float8[], %(types)s::text[], %(bodies)s::bytea[])
+        WITH ORDINALITY AS e(at, type, body, n)
+)
+SELECT seq FROM head
+"""
+_READ = "SELECT seq, body FROM events WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
+_TAKE = """
+UPDATE requests SET taken = true
+WHERE id IN (SELECT id FROM requests WHERE NOT taken ORDER BY id FOR UPDATE SKIP LOCKED)
+RETURNING id, kind, body
+"""
+_SET_TIMEOUTS = (
+    "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _InDoubt:
+    """An append whose connection died after it was sent."""
+
+    token: bytes
+    bodies: tuple[bytes, ...]
+
+
+class PostgresJournal:
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: Durability = "process",
+        busy_timeout_s: float = 30.0,
+        prepare: bool | None = None,
+    ) -> None:
+        """``url``: ``postgresql://user:password@host:port/database`` (``pg_schema``
+        documents ``?tc_pooler=``). ``busy_timeout_s``: how long a statement, or a wait
+        for a lock another connection holds, may take before it fails with a retryable
+        ``StoreError``. ``prepare``: use prepared statements (None: unless behind a
+        transaction pooler). Creates or upgrades the schema; refuses a newer one."""
+        self._target = parse_url(url, busy_timeout_s=busy_timeout_s, prepare=prepare)
+        self.where = self._target.where
+        self.durability = durability
+        self._lock = threading.Lock()
+        self._closed = False
+        self._in_doubt: list[_InDoubt] = []
+        self._conn: Connection | None = connect(self._target)
+        try:
+            with translated(self._target, "open the journal"):
+                version = current_version(self._conn)
+            if version > latest():
+                raise newer_schema(self._target, version)
+            if version < latest():
+                apply_migrations(self._conn, self._target)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the journal ------------------------------------------------------------------
+    def append(self, events: Sequence[AnyEvent], epoch: int = 0) -> int:
+        rows = [(e.at, str(type(e).__struct_config__.tag), encode(e)) for e in events]
+        if not rows and not self._in_doubt:
+            return self.last_seq()
+        token = os.urandom(16)
+        conn = self._connection()
+        try:
+            with translated(self._target, "append to the journal"):
+                if self._in_doubt:
+                    last = self._write(conn, lambda: self._resolve(conn, rows, epoch, token), True)
+                    self._in_doubt.clear()
+                    return last
+                many = len(rows) > CHUNK
+                return self._write(conn, lambda: self._insert(conn, rows, epoch, token), many)
+        except StoreError:
+            if conn.closed:  # it died with the append sent: it may have committed
+                self._in_doubt.append(_InDoubt(token, tuple(r[2] for r in rows)))
+            raise
+
+    def _insert(self, conn: Connection, rows: list[Row], epoch: int, token: bytes) -> int:
+        last = None
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start : start + CHUNK]
+            params = {
+                "n": len(chunk),
+                "run_state": _run_state(chunk),
+                "token": token,
+                "epoch": epoch,
+                "ats": [r[0] for r in chunk],
+                "types": [r[1] for r in chunk],
+                "bodies": [r[2] for r in chunk],
+            }
+            last = conn.execute(_APPEND, params).fetchone()
+        assert last is not None  # UPDATE of the one head row always returns it
+        return int(last[0])
+
+    def _resolve(self, conn: Connection, rows: list[Row], epoch: int, token: bytes) -> int:
+        """Append after an append in doubt (see the design note). In a transaction."""
+        head = conn.execute("SELECT seq, last_append FROM journal_head FOR UPDATE").fetchone()
+        assert head is not None
+        seq, last_append = int(head[0]), head[1]
+        committed = next((d for d in self._in_doubt if d.token == last_append), None)
+        if committed is not None:
+            n = len(committed.bodies)
+            if tuple(r[2] for r in rows[:n]) != committed.bodies:
+                raise StoreError(
+                    f"{self.where}: an append whose connection was lost did commit"
+                    f" (events {seq - n + 1}..{seq}) and this append does not repeat it:"
+                    " the journal holds events this process did not see; restart to"
+                    " recover from the journal",
+                    retryable=False,
+                )
+            rows = rows[n:]
+        return self._insert(conn, rows, epoch, token) if rows else seq
+
+    def read(self, after: int = 0) -> Iterator[tuple[int, AnyEvent]]:
+        with translated(self._target, "read the journal"):
+            until = self._head(self._connection())
+        while after < until:
+            with translated(self._target, "read the journal"):
+                cursor = self._connection().execute(_READ, (after, until, READ_CHUNK), binary=True)
+                rows = cursor.fetchall()
+            if not rows:
+                return  # seqs are contiguous up to the head: only a hand-edited table
+            for seq, body in rows:
+                yield seq, decode(body, where=f"{self.where} event {seq}")
+            after = rows[-1][0]
+
+    def last_run_clean(self) -> bool | None:
+        """Whether the last orchestrator journaled its clean stop (None: none ever ran)."""
+        with translated(self._target, "read the journal"):
+            row = self._connection().execute("SELECT run_state FROM journal_head").fetchone()
+        return None if row is None or row[0] is None else bool(row[0] == "stopped")
+
+    def last_seq(self) -> int:
+        with translated(self._target, "read the journal"):
+            return self._head(self._connection())
+
+    # -- requests from other processes ---------------------------------------------------
+    def post_request(self, kind: str, body: bytes) -> int:
+        conn = self._connection()
+        with translated(self._target, "post a request"):
+            row = self._write(
+                conn,
+                lambda: conn.execute(
+                    "INSERT INTO requests(kind, body) VALUES (%s, %s) RETURNING id", (kind, body)
+                ).fetchone(),
+            )
+        assert row is not None
+        return int(row[0])
+
+    def take_requests(self) -> list[Request]:
+        conn = self._connection()
+        with translated(self._target, "take requests"):
+            if self._target.pooled:  # a write costs four round trips there: look first
+                row = conn.execute("SELECT EXISTS (SELECT 1 FROM requests WHERE NOT taken)")
+                if not (found := row.fetchone()) or not found[0]:
+                    return []
+            rows = self._write(conn, lambda: conn.execute(_TAKE, binary=True).fetchall())
+        return [Request(id=r[0], kind=r[1], body=r[2]) for r in sorted(rows)]
+
+    def finish_request(self, request_id: int, result: RequestResult) -> None:
+        conn = self._connection()
+        params = (result.ok, result.message, Jsonb(list(result.details)), request_id)
+        with translated(self._target, "answer a request"):
+            self._write(
+                conn,
+                lambda: conn.execute(
+                    "UPDATE requests SET ok = %s, message = %s, details = %s WHERE id = %s",
+                    params,
+                ),
+            )
+
+    def request_result(self, request_id: int) -> RequestResult | None:
+        with translated(self._target, "read a request's answer"):
+            row = (
+                self._connection()
+                .execute("SELECT ok, message, details FROM requests WHERE id = %s", (request_id,))
+                .fetchone()
+            )
+        if row is None or row[0] is None:
+            return None
+        return RequestResult(ok=bool(row[0]), message=row[1], details=list(row[2]))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _connection(self) -> Connection:
+        """The open connection; a new one when the last was lost."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self.where}: the journal is closed", retryable=False)
+            if self._conn is None or self._conn.closed:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                self._conn = connect(self._target)
+            return self._conn
+
+    def _write(self, conn: Connection, work: Callable[[], T], many: bool = False) -> T:
+        """Run ``work`` (statements that write): alone in autocommit when it is one
+        statement on a direct connection, else in a transaction, whose first statement
+        behind a transaction pooler sets the timeouts (no session keeps them there)."""
+        if not many and not self._target.pooled:
+            return work()
+        with conn.transaction():
+            if self._target.pooled:
+                conn.execute(_SET_TIMEOUTS, self._target.timeouts)
+            return work()
+
+    @staticmethod
+    def _head(conn: Connection) -> int:
+        row = conn.execute("SELECT seq FROM journal_head").fetchone()
+        return 0 if row is None else int(row[0])
+
+
+def _run_state(rows: Sequence[Row]) -> str | None:
+    """'running' or 'stopped' after this batch (as ``sqlite._run_state``)."""
+    for _at, kind, _body in reversed(rows):
+        if kind == "orchestrator_stopped":
+            return "stopped"
+        if kind == "orchestrator_started":
+            return "running"
+    return None
