@@ -503,3 +503,30 @@ def test_a_hundred_thousand_events_stream(pg_url: str) -> None:
         journal.close()
     assert count == n
     assert peak < n * 400 // 4  # the bodies alone are n * 400+ bytes: never all held at once
+
+
+def test_a_posted_request_wakes_a_listener_at_once(pg_url: str) -> None:
+    """LISTEN/NOTIFY: a running orchestrator hears of a request without its next poll."""
+    listener, poster = PostgresJournal(pg_url), PostgresJournal(pg_url)
+    woken = threading.Event()
+    stop = listener.on_request(woken.set)
+    try:
+        assert woken.wait(10), "the listener never started"  # it wakes once on connecting
+        woken.clear()
+        request_id = poster.post_request("cancel", b"{}")
+        assert woken.wait(10), "no notification for a posted request"
+        assert [r.id for r in listener.take_requests()] == [request_id]
+    finally:
+        stop()
+        listener.close()
+        poster.close()
+
+
+def test_behind_a_transaction_pooler_nobody_listens(pg_url: str) -> None:
+    journal = PostgresJournal(pg_url + "?tc_pooler=transaction")
+    try:
+        stop = journal.on_request(lambda: None)
+        stop()
+        assert not [t for t in threading.enumerate() if t.name == "tc-requests-listener"]
+    finally:
+        journal.close()

@@ -6,7 +6,7 @@ concrete adapters, tests pass fakes from ``trafficcontrol.testing``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -289,6 +289,15 @@ class Journal(Protocol):
     def request_result(self, request_id: int) -> RequestResult | None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RequestNotifier(Protocol):
+    """A journal that can say when a request is posted (PostgreSQL's LISTEN/NOTIFY), so
+    the loop takes it at once instead of at its next poll. ``wake`` is called from
+    another thread; the returned function stops listening."""
+
+    def on_request(self, wake: Callable[[], None]) -> Callable[[], None]: ...
 
 
 # -- snapshots ---------------------------------------------------------------------------

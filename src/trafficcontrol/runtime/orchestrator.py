@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from trafficcontrol.domain.capacity.tracker import CapacityConfig
@@ -60,7 +60,15 @@ from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.resilience import ResilienceConfig
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import ConfigError
-from trafficcontrol.ports import AdoptingBackend, AgentBackend, Clock, Journal, Leftover, Workspaces
+from trafficcontrol.ports import (
+    AdoptingBackend,
+    AgentBackend,
+    Clock,
+    Journal,
+    Leftover,
+    RequestNotifier,
+    Workspaces,
+)
 from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.pool import AgentPool
 from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, account_for_leftovers
@@ -129,6 +137,7 @@ class Orchestrator:
         self.snapshotter = snapshotter
         self._stopping = False
         self._last_poll = float("-inf")
+        self._stop_listening: Callable[[], None] | None = None
         self._next_wakeup: float | None = None
         self._buffer = StoreBuffer(
             journal=journal,
@@ -212,6 +221,9 @@ class Orchestrator:
                 await self._wait()
             await self._shutdown()
         finally:
+            if self._stop_listening is not None:  # a run that failed never shut down
+                await asyncio.to_thread(self._stop_listening)
+                self._stop_listening = None
             await self.pool.cancel_all()
             self._buffer.close()
 
@@ -247,10 +259,22 @@ class Orchestrator:
         )
         await self._buffer.commit(events)
         self.stats.recovered = True
+        if isinstance(self._journal, RequestNotifier):
+            loop = asyncio.get_running_loop()
+
+            def wake() -> None:  # from the listener's thread
+                loop.call_soon_threadsafe(self._request_posted)
+
+            self._stop_listening = self._journal.on_request(wake)
         await self.pool.warm()
         for aid, leftover in accounting.adopt:
             log.info("attempt_adopted attempt=%s finished=%s", aid, leftover.finished)
             self.pool.adopt(self.state.attempts[aid], leftover)
+
+    def _request_posted(self) -> None:
+        """A request was posted (``RequestNotifier``): take it on the next turn."""
+        self._last_poll = float("-inf")
+        self.pool.inbox.poke()
 
     def adoptable_leftovers(self) -> int:
         """Attempts the journal says run whose backend could adopt them at start."""

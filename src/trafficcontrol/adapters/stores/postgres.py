@@ -39,7 +39,10 @@ Design note. Same semantics as ``SqliteJournal`` (the conformance suite in
   come in binary, so bodies are not hex-encoded on the wire.
 - **The inbox**: ``take_requests`` claims with ``UPDATE ... WHERE id IN (SELECT ... FOR
   UPDATE SKIP LOCKED)``: concurrent takers never claim a request twice and never wait
-  for one another; when the inbox is empty it is one probe of a partial index.
+  for one another; when the inbox is empty it is one probe of a partial index. A post
+  also NOTIFYs ``tc_requests``; ``on_request`` LISTENs on a session connection of its
+  own, so a running orchestrator takes a request at once; polling stays the fallback
+  (a lost listener, a transaction pooler, where LISTEN does not work).
 
 One connection, used by one thread at a time like SQLite's (psycopg serialises calls
 on it anyway). Errors are translated in ``pg_schema``; every message names ``where``,
@@ -233,9 +236,7 @@ class PostgresJournal:
         with translated(self._target, "post a request"):
             row = self._write(
                 conn,
-                lambda: conn.execute(
-                    "INSERT INTO requests(kind, body) VALUES (%s, %s) RETURNING id", (kind, body)
-                ).fetchone(),
+                lambda: conn.execute(_POST, (kind, body)).fetchone(),
             )
         assert row is not None
         return int(row[0])
@@ -273,6 +274,38 @@ class PostgresJournal:
             return None
         return RequestResult(ok=bool(row[0]), message=row[1], details=list(row[2]))
 
+    def on_request(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` (from a thread of its own) whenever a request is posted: LISTEN
+        on a session connection of its own. Behind a transaction pooler LISTEN does not
+        work: nothing is done and the loop's polling alone serves requests."""
+        if self._target.pooled:
+            return lambda: None
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._listen, args=(wake, stop), name="tc-requests-listener", daemon=True
+        )
+        thread.start()
+
+        def stop_listening() -> None:
+            stop.set()
+            thread.join(timeout=5)
+
+        return stop_listening
+
+    def _listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """LISTEN until ``stop``; a lost connection is opened again (wake once then: a
+        notification may have been missed), at most every second."""
+        while not stop.is_set():
+            try:
+                with connect(self._target) as conn:
+                    conn.execute(f"LISTEN {_CHANNEL}")
+                    wake()
+                    while not stop.is_set():
+                        for _note in conn.notifies(timeout=0.5, stop_after=1):
+                            wake()
+            except Exception:  # the server went away: polling serves meanwhile
+                stop.wait(1.0)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -308,6 +341,14 @@ class PostgresJournal:
     def _head(conn: Connection) -> int:
         row = conn.execute("SELECT seq FROM journal_head").fetchone()
         return 0 if row is None else int(row[0])
+
+
+_CHANNEL = "tc_requests"
+_POST = (
+    "WITH posted AS (INSERT INTO requests(kind, body) VALUES (%s, %s) RETURNING id)"
+    f" SELECT id, pg_notify('{_CHANNEL}', id::text) FROM posted"
+)
+"""A request and its notification in one statement (sent to listeners at commit)."""
 
 
 def _run_state(rows: Sequence[Row]) -> str | None:
