@@ -86,9 +86,16 @@ def log_records(request: AgentRequest) -> list[dict[str, Any]]:
     return [json.loads(line) for line in request.log_path.read_text().splitlines()]
 
 
+OPENED: list[App] = []
+"""Apps ``make_app`` made during the current test: closed after it (``tests/pg.py``), as
+a PostgreSQL connection left open is a ResourceWarning (an SQLite one is silent)."""
+
+
 def make_app(root: Path, **run: Any) -> App:
     settings = Settings(run=RunSettings(**{"grace_s": 1.0, "request_poll_s": 0.05, **run}))
-    return App(Home(root), environ=dict(os.environ), settings=settings)
+    app = App(Home(root), environ=dict(os.environ), settings=settings)
+    OPENED.append(app)
+    return app
 
 
 def project(

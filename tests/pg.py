@@ -284,3 +284,13 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     else:
         monkeypatch.delenv("TC_STORE", raising=False)
     return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _close_apps() -> Iterator[None]:
+    """Close what ``tests.helpers.make_app`` opened during the test (its docstring)."""
+    from tests import helpers
+
+    yield
+    while helpers.OPENED:
+        helpers.OPENED.pop().close()

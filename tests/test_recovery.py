@@ -23,7 +23,6 @@ from tests.helpers import (
     submit,
     task,
 )
-from trafficcontrol.adapters.stores.sqlite import SqliteJournal
 from trafficcontrol.bootstrap import App
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.events import (
@@ -49,10 +48,12 @@ def _states(app: App) -> dict[str, TaskState]:
     return {t: r.state for t, r in app.read_state().tasks.items()}
 
 
-def test_a_clean_stop_writes_a_snapshot_that_the_next_start_uses(tmp_path: Path) -> None:
-    app, home = _finished_home(tmp_path)
+def test_a_clean_stop_writes_a_snapshot_that_the_next_start_uses(
+    tmp_path: Path, store: str
+) -> None:
+    app, _home = _finished_home(tmp_path)
     [info] = app.snapshot_files().list()
-    assert info.meta is not None and info.meta.seq == SqliteJournal(home / "journal.db").last_seq()
+    assert info.meta is not None and info.meta.seq == app.journal().last_seq()
     lock = app.run_lock()
     assert lock.try_acquire()
     recovered = app.recover()
@@ -72,7 +73,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_newest_snapshot_is_quarantined_and_the_previous_one_used(
-    tmp_path: Path, damage: str
+    tmp_path: Path, damage: str, store: str
 ) -> None:
     app, home = _finished_home(tmp_path)
     older = app.snapshot_files().list()[-1]
@@ -95,7 +96,9 @@ def test_a_damaged_newest_snapshot_is_quarantined_and_the_previous_one_used(
     assert all(s is TaskState.DONE for s in _states(app).values())
 
 
-def test_a_snapshot_of_an_unknown_schema_falls_back_to_full_replay(tmp_path: Path) -> None:
+def test_a_snapshot_of_an_unknown_schema_falls_back_to_full_replay(
+    tmp_path: Path, store: str
+) -> None:
     app, home = _finished_home(tmp_path)
     [only] = app.snapshot_files().list()
     only.path.unlink()
@@ -186,7 +189,7 @@ def test_an_unclean_stop_runs_the_integrity_check(tmp_path: Path) -> None:
 
 
 # -- rollback -------------------------------------------------------------------------
-def test_rollback_returns_to_the_snapshot_state_as_a_new_event(tmp_path: Path) -> None:
+def test_rollback_returns_to_the_snapshot_state_as_a_new_event(tmp_path: Path, store: str) -> None:
     home = tmp_path / "home"
     app = make_app(home)
     submit(app, [project(tmp_path / "p")], [task("a"), task("b", deps=["a"])])
@@ -221,7 +224,7 @@ def test_rollback_of_a_missing_version_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_rollback_through_a_running_orchestrator_stops_affected_agents_first(
-    tmp_path: Path,
+    tmp_path: Path, store: str
 ) -> None:
     home = tmp_path / "home"
     backlog, started = blocking_backlog(tmp_path, "blocker")
