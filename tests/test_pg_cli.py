@@ -107,3 +107,21 @@ def test_a_schema_from_the_future_is_refused_and_nothing_written(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchone()
     assert again == tables and before is not None
+
+
+def test_reading_a_database_without_our_schema_says_so_and_writes_nothing(
+    pg_empty_url: str, tmp_path: Path
+) -> None:
+    for command in (["status"], ["show", "a"], ["profile"], ["db", "status", "--json"]):
+        done = tc("--store", pg_empty_url, *command, home=tmp_path, check=False)
+        if command[0] == "db":
+            assert json.loads(done.stdout)["schema"] == 0
+            continue
+        assert done.returncode != 0, command
+        line = one_error_line(done.stderr)
+        assert "no state in postgresql://" in line and "tc submit" in line
+    with psycopg.connect(pg_empty_url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone()
+    assert tables == (0,), "a read created tables"

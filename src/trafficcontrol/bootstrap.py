@@ -184,9 +184,16 @@ class App:
         return self._journal
 
     def has_state(self) -> bool:
-        """Something was ever journaled here (a SQLite home's file, or any event)."""
+        """Something was ever journaled here (a SQLite home's file, or any event). Writes
+        nothing: a database without our schema is only looked at, not migrated."""
         if self.on_sqlite:
             return sqlite_path(self.store_url).exists()
+        if self._journal is None:
+            from trafficcontrol.adapters.stores.pg_schema import schema_status
+
+            current, _latest = schema_status(self.store_url)
+            if current == 0:
+                return False
         return self.journal().last_seq() > 0
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from rich.markup import escape
 
 from trafficcontrol import __version__
 from trafficcontrol.adapters.backlog_file import read_backlog
-from trafficcontrol.bootstrap import STORE_ENV, App, Home
+from trafficcontrol.bootstrap import STORE_ENV, App, Home, mask_url
 from trafficcontrol.cli import formats, http, views
 from trafficcontrol.cli.profile_report import PROFILE_FILE, save_spans
 from trafficcontrol.domain.model import (
@@ -80,7 +80,8 @@ def make_app(home: Path | None) -> App:
 
 def existing_state(app_: App) -> State:
     if not app_.has_state():
-        fail(f"no state in {app_.home.root}: submit a backlog first (tc submit FILE.toml)")
+        where = app_.home.root if app_.on_sqlite else mask_url(app_.store_url)
+        fail(f"no state in {where}: submit a backlog first (tc submit FILE.toml)")
     return app_.read_state()
 
 
