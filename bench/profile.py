@@ -21,6 +21,10 @@ Numbers are reported, never asserted (exit code 0 whatever they are).
     before) and once with the launcher; ``domain.profile`` reads each journal:
     ready → agent started, and a dependency's agent exit → its dependent's agent
     start, p50 and p99 (goal: both p50 ≥ 25% lower with the launcher).
+(c) ``--claude``: the same comparison with the real Claude Code CLI (the SDK's bundled
+    one) against the local Anthropic-protocol server, ``--claude-chains`` chains of 4
+    tasks at 4 agents: ready → the agent's first output, and dependency exit →
+    dependent start.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any
 from tests.helpers import journal_events
 
 from bench.scheduling import dag_tasks, make_app, submit, verify_journal
-from trafficcontrol.domain.profile import profile
+from trafficcontrol.domain.profile import Stat, profile
 from trafficcontrol.runtime.stats import Spans
 
 
@@ -150,6 +154,77 @@ def span_cost_us() -> float:
     return min(timeit.repeat(one, number=100_000, repeat=5)) / 100_000 * 1e6
 
 
+def run_claude(chains: int, per_chain: int, *, fork: bool) -> dict[str, Any]:
+    """(c): real Claude Code tasks through ``tc run --max-agents 4`` against the local
+    Anthropic-protocol server (``tests/provider``), each answering at once."""
+    from tests.helpers import git_repo
+    from tests.provider.server import TEST_API_KEY, ProviderServer
+
+    with tempfile.TemporaryDirectory(prefix="tc-bench-profile-c-") as tmp:
+        root = Path(tmp)
+        git_repo(root / "repo")
+        lines = [
+            "[[projects]]",
+            'id = "r"',
+            'path = "repo"',
+            'agent = "claude"',
+            'model = "sonnet"',
+        ]
+        for c in range(chains):
+            for i in range(per_chain):
+                lines += ["", "[[tasks]]", f'id = "c{c}-{i}"', 'project = "r"', 'prompt = "hi"']
+                if i:
+                    lines.append(f'depends_on = ["c{c}-{i - 1}"]')
+        (root / "b.toml").write_text("\n".join(lines) + "\n")
+        for d in ("cfg", "h", "home"):
+            (root / d).mkdir()
+        (root / "home" / "config.toml").write_text(
+            f"[run]\nfork_supervisors = {'true' if fork else 'false'}\n"
+        )
+        with ProviderServer() as provider:
+            env = {
+                **os.environ,
+                "TC_HOME": str(root / "home"),
+                "ANTHROPIC_BASE_URL": provider.url,
+                "ANTHROPIC_API_KEY": TEST_API_KEY,
+                "ANTHROPIC_AUTH_TOKEN": "",
+                "CLAUDE_CODE_OAUTH_TOKEN": "",
+                "CLAUDE_CODE_USE_BEDROCK": "",
+                "CLAUDE_CODE_USE_VERTEX": "",
+                "ANTHROPIC_MODEL": "",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                "CLAUDE_CONFIG_DIR": str(root / "cfg"),
+                "HOME": str(root / "h"),
+            }
+            tc = [sys.executable, "-m", "trafficcontrol"]
+            subprocess.run(
+                [*tc, "submit", str(root / "b.toml")], env=env, check=True, capture_output=True
+            )
+            subprocess.run(
+                [*tc, "run", "--no-live", "--max-agents", "4"],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+        result = profile(journal_events(root / "home"))
+    firsts = sorted(
+        a.first_output_at - a.ready_at
+        for a in result.attempts
+        if a.first_output_at is not None and a.ready_at is not None
+    )
+    first = Stat.of(firsts)
+    return {
+        "fork_supervisors": fork,
+        "attempts": len(result.attempts),
+        "makespan_s": result.makespan_s,
+        "ready_to_first_output_p50_s": first.p50,
+        "ready_to_first_output_p99_s": first.p99,
+        "exit_to_dependent_p50_s": result.handoffs.p50,
+        "exit_to_dependent_p99_s": result.handoffs.p99,
+    }
+
+
 def _ratio(on: float, off: float) -> float:
     return on / off if off else float("nan")
 
@@ -181,7 +256,22 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "makespan_s",
         )
     }
+    claude: dict[str, Any] | None = None
+    if args.claude:
+        print("  .. (c) Claude Code at 4 agents: direct start, then forked", file=sys.stderr)
+        claude_before = run_claude(args.claude_chains, 4, fork=False)
+        claude_after = run_claude(args.claude_chains, 4, fork=True)
+        claude = {
+            "before": claude_before,
+            "after": claude_after,
+            "cut": {
+                key: 1 - _ratio(claude_after[key], claude_before[key])
+                for key in claude_before
+                if key.endswith("_s")
+            },
+        }
     return {
+        "claude": claude,
         "spans": {
             "tasks": args.spans_tasks,
             "repeat": args.repeat,
@@ -226,6 +316,19 @@ def report(r: dict[str, Any]) -> str:
         ("makespan_s", "makespan"),
     ):
         lines.append(f"    {label:<32} {b[key]:>8.3f} s   {a[key]:>7.3f} s   {cut[key]:>5.0%}")
+    if r.get("claude"):
+        cb, ca, cc = r["claude"]["before"], r["claude"]["after"], r["claude"]["cut"]
+        lines.append(
+            f"(c) {cb['attempts']} Claude Code tasks at 4 agents   direct start   launcher"
+        )
+        for key, label in (
+            ("ready_to_first_output_p50_s", "ready → first output p50"),
+            ("ready_to_first_output_p99_s", "ready → first output p99"),
+            ("exit_to_dependent_p50_s", "dep. exit → dependent start p50"),
+            ("exit_to_dependent_p99_s", "dep. exit → dependent start p99"),
+            ("makespan_s", "makespan"),
+        ):
+            lines.append(f"    {label:<32} {cb[key]:>8.3f} s   {ca[key]:>7.3f} s   {cc[key]:>5.0%}")
     lines.append(
         "pass: " + ", ".join(f"{k}={'PASS' if v else 'MISS'}" for k, v in r["pass"].items())
     )
@@ -239,6 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--chains", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--claude", action="store_true", help="also (c): the real Claude Code CLI, 4 agents"
+    )
+    parser.add_argument("--claude-chains", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="small and fast (smoke test)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
