@@ -158,7 +158,8 @@ def run_claude(chains: int, per_chain: int, *, fork: bool) -> dict[str, Any]:
     """(c): real Claude Code tasks through ``tc run --max-agents 4`` against the local
     Anthropic-protocol server (``tests/provider``), each answering at once."""
     from tests.helpers import git_repo
-    from tests.provider.server import TEST_API_KEY, ProviderServer
+    from tests.provider.fixtures import offline_claude_env
+    from tests.provider.server import ProviderServer
 
     with tempfile.TemporaryDirectory(prefix="tc-bench-profile-c-") as tmp:
         root = Path(tmp)
@@ -176,8 +177,7 @@ def run_claude(chains: int, per_chain: int, *, fork: bool) -> dict[str, Any]:
                 if i:
                     lines.append(f'depends_on = ["c{c}-{i - 1}"]')
         (root / "b.toml").write_text("\n".join(lines) + "\n")
-        for d in ("cfg", "h", "home"):
-            (root / d).mkdir()
+        (root / "home").mkdir()
         (root / "home" / "config.toml").write_text(
             f"[run]\nfork_supervisors = {'true' if fork else 'false'}\n"
         )
@@ -185,16 +185,7 @@ def run_claude(chains: int, per_chain: int, *, fork: bool) -> dict[str, Any]:
             env = {
                 **os.environ,
                 "TC_HOME": str(root / "home"),
-                "ANTHROPIC_BASE_URL": provider.url,
-                "ANTHROPIC_API_KEY": TEST_API_KEY,
-                "ANTHROPIC_AUTH_TOKEN": "",
-                "CLAUDE_CODE_OAUTH_TOKEN": "",
-                "CLAUDE_CODE_USE_BEDROCK": "",
-                "CLAUDE_CODE_USE_VERTEX": "",
-                "ANTHROPIC_MODEL": "",
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-                "CLAUDE_CONFIG_DIR": str(root / "cfg"),
-                "HOME": str(root / "h"),
+                **offline_claude_env(provider.url, root / "claude"),
             }
             tc = [sys.executable, "-m", "trafficcontrol"]
             subprocess.run(

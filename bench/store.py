@@ -44,7 +44,8 @@ from typing import Any
 import psycopg
 
 from bench.scheduling import dag_tasks, make_app, percentile, submit
-from trafficcontrol.bootstrap import STORE_ENV, mask_url, open_journal
+from trafficcontrol.adapters.stores.urls import mask_url
+from trafficcontrol.bootstrap import STORE_ENV, open_journal
 from trafficcontrol.domain.events import AttemptDispatched, AttemptFinished
 from trafficcontrol.domain.model import Outcome, TaskState
 from trafficcontrol.domain.state import State, apply

@@ -6,22 +6,29 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 
-def test_quick_bench_reports_every_metric_and_runs_each_task_once(tmp_path: Path) -> None:
+def quick_report(module: str, *args: str) -> dict[str, Any]:
+    """``python -m bench.MODULE --quick --json ARGS`` from the repository root: its report."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.scheduling", "--quick", "--json", "--tmpdir", str(tmp_path)],
+        [sys.executable, "-m", f"bench.{module}", "--quick", "--json", *args],
         capture_output=True,
         text=True,
         cwd=Path(__file__).parent.parent,
         timeout=300,
         check=True,
     )
-    report = json.loads(done.stdout)
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_quick_bench_reports_every_metric_and_runs_each_task_once(tmp_path: Path) -> None:
+    report = quick_report("scheduling", "--tmpdir", str(tmp_path))
     assert report["throughput"]["verified"] is True
     assert report["throughput"]["problems"] == []
     assert report["floor"]["rows"] == report["throughput"]["transitions"]
@@ -37,15 +44,7 @@ def test_quick_bench_reports_every_metric_and_runs_each_task_once(tmp_path: Path
 
 
 def test_quick_adoption_bench_adopts_every_attempt_and_leaves_no_process(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.adoption", "--quick", "--json", "--tmpdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-        timeout=300,
-        check=True,
-    )
-    report = json.loads(done.stdout)
+    report = quick_report("adoption", "--tmpdir", str(tmp_path))
     held, queued = report["build"]["held"], report["build"]["queued"]
     cases = report["start"]["cases"]
     assert (cases["live"]["adopted"], cases["live"]["adopted_finished"]) == (held, 0)
@@ -69,15 +68,7 @@ def test_quick_adoption_bench_adopts_every_attempt_and_leaves_no_process(tmp_pat
 
 
 def test_quick_http_bench_reports_the_three_goals_and_reads_every_batch(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.http", "--quick", "--json", "--tmpdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-        timeout=300,
-        check=True,
-    )
-    report = json.loads(done.stdout)
+    report = quick_report("http", "--tmpdir", str(tmp_path))
     throughput = report["throughput"]
     assert throughput["verified"] is True and throughput["problems"] == []
     off, on = throughput["off"], throughput["on"]
@@ -107,3 +98,28 @@ def test_quick_http_bench_reports_the_three_goals_and_reads_every_batch(tmp_path
         "overview_p50_ms",
     }
     assert not list(tmp_path.iterdir()), "its state homes are removed"
+
+
+def test_quick_profile_bench_reports_span_cost_and_both_latencies() -> None:
+    report = quick_report("profile")
+    spans = report["spans"]
+    assert spans["exactly_once"] is True
+    assert spans["spans_observed_per_run"] > 0 and spans["span_cost_us"] > 0
+    before, after = report["latency"]["before"], report["latency"]["after"]
+    assert before["fork_supervisors"] is False and after["fork_supervisors"] is True
+    assert before["attempts"] == after["attempts"] == 20
+    assert set(report["pass"]) == {
+        "span_overhead_lt_2pct",
+        "ready_to_agent_p50_cut_25pct",
+        "exit_to_dependent_p50_cut_25pct",
+    }
+
+
+def test_quick_store_bench_runs_every_task_once_and_times_recovery() -> None:
+    report = quick_report("store")
+    assert report["ours"]["verified"] is True
+    assert report["floor"]["rows"] == report["ours"]["journal_events"]
+    assert report["floor"]["synchronous_commit"] == "on"
+    assert report["recovery"]["events"] >= 19_999
+    assert report["recovery"]["start_to_first_dispatch_s"] > 0
+    assert set(report["pass"]) == {"floor_ratio", "tasks_per_s", "exactly_once", "recovery_lt_2s"}

@@ -22,6 +22,7 @@ from tests.http_helpers import Served, served
 from trafficcontrol.api.app import OPENAPI_PATH, build_app, openapi
 from trafficcontrol.api.routes import ROUTES
 from trafficcontrol.domain.model import SimSettings
+from trafficcontrol.runtime.stats import LoopStats
 
 pytestmark = pytest.mark.e2e
 
@@ -73,11 +74,11 @@ def routes_of_app() -> list[tuple[str, str]]:
     from starlette.routing import Mount, Route
 
     # Enough of a Context to build the routing table; nothing is served from it.
-    source = SimpleNamespace(hub=None, stats=None)
+    source = SimpleNamespace(hub=None, stats=LoopStats())
     ctx = SimpleNamespace(source=source, scheduler=None, rotation=None, home=None)
     app = build_app(ctx, token="x" * 32)  # type: ignore[arg-type]
     out: list[tuple[str, str]] = []
-    for route in app.app.routes:
+    for route in app.app.app.routes:  # TokenAuth(Timed(Starlette))
         if isinstance(route, Mount):
             out.append(("GET", route.path + "/app.css"))
         elif isinstance(route, Route):

@@ -26,6 +26,7 @@ from trafficcontrol.adapters.stores import recovery
 from trafficcontrol.adapters.stores.run_lock import RunLock
 from trafficcontrol.adapters.stores.snapshot_files import SnapshotStore
 from trafficcontrol.adapters.stores.sqlite import Durability, SqliteJournal
+from trafficcontrol.adapters.stores.urls import mask_url
 from trafficcontrol.adapters.system_clock import SystemClock
 from trafficcontrol.adapters.workflow_files import load_workflows
 from trafficcontrol.adapters.workspaces.git import GitWorkspaces
@@ -110,16 +111,6 @@ def store_kind(url: str) -> str:
     raise ConfigError(
         f"store {mask_url(url)!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
     )
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password, if any, replaced by ***."""
-    head, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, _, host = rest.partition("@")
-    user, colon, _password = userinfo.partition(":")
-    return f"{head}://{user}{':***' if colon else ''}@{host}"
 
 
 def sqlite_path(url: str) -> Path:

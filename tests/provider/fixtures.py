@@ -20,20 +20,20 @@ def provider() -> Iterator[ProviderServer]:
         yield server
 
 
-@pytest.fixture
-def claude_env(provider: ProviderServer, tmp_path: Path) -> dict[str, str]:
-    """Environment overrides that run the real Claude Code CLI offline against ``provider``.
+def offline_claude_env(provider_url: str, root: Path) -> dict[str, str]:
+    """Environment overrides that run the real Claude Code CLI offline against the
+    provider at ``provider_url``, its config and home under ``root`` (created).
 
-    Laid over the test process's environment (the SDK does that), so every value
-    that could send the CLI elsewhere is set here, some to "" which the CLI treats
-    as unset (verified): a developer's own token must not win over the test key.
+    Laid over the caller's environment (the SDK does that), so every value that could
+    send the CLI elsewhere is set here, some to "" which the CLI treats as unset
+    (verified): a developer's own token must not win over the test key.
     """
-    config = tmp_path / "claude-config"
-    home = tmp_path / "home"
-    config.mkdir()
-    home.mkdir()
+    config = root / "claude-config"
+    home = root / "home"
+    config.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     return {
-        "ANTHROPIC_BASE_URL": provider.url,
+        "ANTHROPIC_BASE_URL": provider_url,
         "ANTHROPIC_API_KEY": TEST_API_KEY,
         "ANTHROPIC_AUTH_TOKEN": "",
         "CLAUDE_CODE_OAUTH_TOKEN": "",
@@ -46,3 +46,9 @@ def claude_env(provider: ProviderServer, tmp_path: Path) -> dict[str, str]:
         "CLAUDE_CONFIG_DIR": str(config),
         "HOME": str(home),
     }
+
+
+@pytest.fixture
+def claude_env(provider: ProviderServer, tmp_path: Path) -> dict[str, str]:
+    """``offline_claude_env`` for ``provider``, under the test's ``tmp_path``."""
+    return offline_claude_env(provider.url, tmp_path)

@@ -30,6 +30,7 @@ from trafficcontrol.api.hub import (
     COALESCE_S,
     MAX_SUMMARIES,
     MAX_TOUCHED,
+    counts_of,
     encode,
     summary,
     tail,
@@ -38,9 +39,7 @@ from trafficcontrol.api.hub import (
 from trafficcontrol.api.metrics import LoopLag, StateCollector
 from trafficcontrol.api.routes import ROUTES, BadRequest, Context, Handler, error
 from trafficcontrol.api.routes import Route as ApiRoute
-from trafficcontrol.domain.model import TaskState
-from trafficcontrol.domain.state import State
-from trafficcontrol.runtime.stats import LoopStats, Spans
+from trafficcontrol.runtime.stats import Spans
 
 STREAM_PING_S = 15.0
 OPENAPI_PATH = "/api/openapi.json"
@@ -124,12 +123,6 @@ class Live:
         return JSONResponse(
             {"ready": ready, "role": source.role, **checks}, status_code=200 if ready else 503
         )
-
-
-def counts_of(state: State) -> dict[str, int]:
-    """Every state's count, zeros included (a page must see a count fall to 0)."""
-    counts = state.counts
-    return {s.value: counts[s] for s in TaskState}
 
 
 def _stream(ctx: Context) -> Callable[[Request], Any]:
@@ -232,6 +225,4 @@ def build_app(
         Mount("/static", app=pages.static_files(), name="static"),
     ]
     app = Starlette(routes=routes)
-    stats = getattr(ctx.source, "stats", None)
-    timed = Timed(app, stats.spans) if isinstance(stats, LoopStats) else app
-    return TokenAuth(timed, token)
+    return TokenAuth(Timed(app, ctx.source.stats.spans), token)

@@ -30,6 +30,8 @@ from typing import Any
 import msgspec
 
 from trafficcontrol.domain.events import AnyEvent
+from trafficcontrol.domain.model import TaskState
+from trafficcontrol.domain.state import State
 
 RECENT = 10_000
 """Events (at least) kept for ``/api/events`` and for streams a little behind: more
@@ -44,6 +46,12 @@ MAX_TOUCHED = 500
 """Past this many events in one message the ids they touched are not listed
 (``tasks: null``): the page refreshes everything instead of looking each one up."""
 _SCALARS = (str, int, float, bool)
+
+
+def counts_of(state: State) -> dict[str, int]:
+    """Every state's count, zeros included (a page must see a count fall to 0)."""
+    counts = state.counts
+    return {s.value: counts[s] for s in TaskState}
 
 
 def summary(seq: int, event: AnyEvent) -> dict[str, Any]:

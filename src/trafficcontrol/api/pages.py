@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 from trafficcontrol import __version__
 from trafficcontrol.api import dag
 from trafficcontrol.api import routes as api
+from trafficcontrol.api.hub import counts_of
 from trafficcontrol.api.routes import BadRequest, Context, Handler
 from trafficcontrol.cli.capacity_view import PLAN_HINT
 from trafficcontrol.cli.formats import countdown, duration, local_time
@@ -107,10 +108,6 @@ async def _api(handler: Handler, ctx: Context, request: Request) -> dict[str, An
     response = await handler(ctx, request)
     data: dict[str, Any] = json.loads(bytes(response.body))
     return data
-
-
-def counts_of(state: State) -> dict[str, int]:
-    return {s: state.counts[TaskState(s)] for s in STATE_ORDER}
 
 
 # -- overview ----------------------------------------------------------------------------

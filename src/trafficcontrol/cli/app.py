@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,8 +24,9 @@ from rich.markup import escape
 
 from trafficcontrol import __version__
 from trafficcontrol.adapters.backlog_file import read_backlog
-from trafficcontrol.bootstrap import STORE_ENV, App, Home, mask_url
-from trafficcontrol.cli import formats, http, views
+from trafficcontrol.adapters.stores.urls import mask_url
+from trafficcontrol.bootstrap import STORE_ENV, App, Home
+from trafficcontrol.cli import formats, views
 from trafficcontrol.cli.profile_report import PROFILE_FILE, save_spans
 from trafficcontrol.domain.model import (
     Difficulty,
@@ -42,6 +43,9 @@ from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
 from trafficcontrol.ports import RequestResult
 from trafficcontrol.runtime.orchestrator import Orchestrator
+
+if TYPE_CHECKING:
+    from trafficcontrol.cli.http import Listener
 
 app = typer.Typer(
     help="TrafficControl: run a backlog of coding tasks through AI agents, in parallel, durably.",
@@ -60,6 +64,15 @@ HomeOption = Annotated[
     typer.Option("--home", envvar="TC_HOME", help="State directory [default: ./.trafficcontrol]"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+HttpOption = Annotated[
+    str | None,
+    typer.Option(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="Serve the dashboard, API and /metrics here (HOST defaults to 127.0.0.1;"
+        " PORT 0 picks a free one) [default: [http] listen in config.toml].",
+    ),
+]
 
 
 def fail(message: str, details: list[str] | None = None, code: int = 1) -> NoReturn:
@@ -78,10 +91,15 @@ def make_app(home: Path | None) -> App:
         fail(exc.message)
 
 
-def existing_state(app_: App) -> State:
+def require_state(app_: App) -> None:
+    """Fail, saying what to do, when nothing was ever journaled here."""
     if not app_.has_state():
         where = app_.home.root if app_.on_sqlite else mask_url(app_.store_url)
         fail(f"no state in {where}: submit a backlog first (tc submit FILE.toml)")
+
+
+def existing_state(app_: App) -> State:
+    require_state(app_)
     return app_.read_state()
 
 
@@ -225,7 +243,7 @@ def run(
             " the next tc run adopts them."
         ),
     ] = False,
-    http_at: http.HttpOption = None,
+    http_at: HttpOption = None,
 ) -> None:
     """Run the backlog in the foreground until it is finished (or Ctrl-C)."""
     app_ = make_app(home)
@@ -262,7 +280,12 @@ def run_app(
         fail(f"another tc run is already working on {app_.home.root}")
     try:
         try:
-            listener = http.listen(app_, http_at)  # a taken port fails before recovery
+            listener = None
+            if http_at is not None or app_.settings.http.listen is not None:
+                # Imported only then: the HTTP stack is a tenth of a second of imports.
+                from trafficcontrol.cli import http
+
+                listener = http.listen(app_, http_at)  # a taken port fails before recovery
             orchestrator, notes = app_.start()
             orchestrator.leave_agents_running = leave_agents_running
             orchestrator.check_backends()
@@ -303,7 +326,7 @@ def run_app(
 async def _run(
     app_: App,
     orchestrator: Orchestrator,
-    listener: http.Listener | None,
+    listener: Listener | None,
     *,
     forever: bool,
     show_live: bool,
@@ -311,6 +334,11 @@ async def _run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, orchestrator.stop)
+    if listener is None:
+        await _follow(orchestrator, forever=forever, show_live=show_live)
+        return
+    from trafficcontrol.cli import http
+
     async with http.serving(app_, listener, orchestrator):
         await _follow(orchestrator, forever=forever, show_live=show_live)
 

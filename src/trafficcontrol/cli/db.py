@@ -13,13 +13,14 @@ from typing import Annotated, Any
 
 import typer
 
-from trafficcontrol.bootstrap import mask_url, open_journal, store_kind
+from trafficcontrol.adapters.stores.urls import mask_url
+from trafficcontrol.bootstrap import open_journal, store_kind
 from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, fail, make_app, out
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.invariants import verify_journal
-from trafficcontrol.domain.state import State, apply
+from trafficcontrol.domain.state import State, apply, fold
 from trafficcontrol.errors import TrafficControlError
 
 db_app = typer.Typer(help="The store: its schema, and copying a journal between stores.")
@@ -102,29 +103,26 @@ def copy_journal(source_url: str, target_url: str) -> dict[str, Any]:
                 f"{mask_url(target_url)} already holds {target.last_seq()} events:"
                 " copy only into an empty store"
             )
-        copied: list[AnyEvent] = []
+        folded_source = State()
+        copied = 0
         batch: list[AnyEvent] = []
         for _seq, event in source.read():
             batch.append(event)
+            apply(folded_source, event)
             if len(batch) >= BATCH:
                 target.append(batch)
-                copied += batch
+                copied += len(batch)
                 batch = []
         if batch:
             target.append(batch)
-            copied += batch
-        folded_source, folded_target = State(), State()
-        for event in copied:
-            apply(folded_source, event)
+            copied += len(batch)
         again = [event for _seq, event in target.read()]
-        for event in again:
-            apply(folded_target, event)
-        same = snapshot.encode(folded_source) == snapshot.encode(folded_target)
+        same = snapshot.encode(folded_source) == snapshot.encode(fold(again))
         problems = verify_journal(again, SchedulerConfig(max_agents=10_000))
         return {
             "from": mask_url(source_url),
             "to": mask_url(target_url),
-            "events": len(copied),
+            "events": copied,
             "read_back": len(again),
             "same_state": same,
             "violations": problems,

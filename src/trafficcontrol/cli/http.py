@@ -14,9 +14,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from rich.console import Console
 
 from trafficcontrol.api.app import build_app
@@ -29,15 +27,6 @@ from trafficcontrol.bootstrap import App
 from trafficcontrol.runtime.orchestrator import Orchestrator
 
 err = Console(stderr=True)
-HttpOption = Annotated[
-    str | None,
-    typer.Option(
-        "--http",
-        metavar="[HOST:]PORT",
-        help="Serve the dashboard, API and /metrics here (HOST defaults to 127.0.0.1;"
-        " PORT 0 picks a free one) [default: [http] listen in config.toml].",
-    ),
-]
 
 
 @dataclass(slots=True)

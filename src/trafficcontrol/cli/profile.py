@@ -16,10 +16,10 @@ from trafficcontrol.cli.app import (
     JsonOption,
     emit_json,
     err,
-    existing_state,
     fail,
     make_app,
     out,
+    require_state,
 )
 from trafficcontrol.cli.formats import duration
 from trafficcontrol.cli.profile_report import PROFILE_FILE, profile_dict, read_saved
@@ -88,7 +88,7 @@ def profile_command(
     if sample_for is not None:
         sample(app_, parse_duration(sample_for))
         return
-    existing_state(app_)  # a clear error when there is no state home
+    require_state(app_)  # the profile reads the journal itself, not the folded state
     events = [event for _seq, event in app_.journal().read()]
     result = profile(events)
     saved = read_saved(app_.home.root / PROFILE_FILE)

@@ -8,8 +8,8 @@ import typer
 
 from trafficcontrol.api.auth import load_or_create_token
 from trafficcontrol.api.server import DEFAULT_HOST, DEFAULT_PORT
-from trafficcontrol.cli.app import HomeOption, fail, make_app
-from trafficcontrol.cli.http import HttpOption, listen, serve_home
+from trafficcontrol.cli.app import HomeOption, HttpOption, fail, make_app
+from trafficcontrol.cli.http import listen, serve_home
 from trafficcontrol.errors import TrafficControlError
 
 http_app = typer.Typer(help="The dashboard's token.", no_args_is_help=True)

@@ -14,10 +14,11 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyinstrument import Profiler
-from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
-from pyinstrument.session import Session
+if TYPE_CHECKING:  # imported when a sample is asked for: every tc run would pay 8 ms
+    from pyinstrument import Profiler
+    from pyinstrument.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Sampler:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         html = self.directory / f"sample-{stamp}.html"
         speedscope = self.directory / f"sample-{stamp}.speedscope.json"
+        from pyinstrument import Profiler
+
         profiler = Profiler(interval=INTERVAL_S, async_mode="disabled")
         profiler.start()
         self._running = asyncio.create_task(
@@ -63,6 +66,8 @@ class Sampler:
 
 
 def _write(session: Session, html: Path, speedscope: Path) -> None:
+    from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
+
     html.parent.mkdir(parents=True, exist_ok=True)
     for path, renderer in (
         (speedscope, SpeedscopeRenderer()),

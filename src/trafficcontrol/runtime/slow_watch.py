@@ -20,6 +20,7 @@ from trafficcontrol.runtime.stats import SlowSpan, Spans
 
 @dataclass(slots=True)
 class _Incident:
+    first_s: float
     spans: int
     worst_s: float
     last_at: float
@@ -33,14 +34,12 @@ class SlowWatch:
         self._spans = spans
         self.quiet_s = quiet_s
         self._open: dict[str, _Incident] = {}
-        self._first: dict[str, SlowSpan] = {}
         spans.slow_listeners.append(self._noted)
 
     def _noted(self, span: SlowSpan) -> None:
         incident = self._open.get(span.name)
         if incident is None:
-            self._open[span.name] = _Incident(1, span.seconds, span.at)
-            self._first[span.name] = span
+            self._open[span.name] = _Incident(span.seconds, 1, span.seconds, span.at)
         else:
             incident.spans += 1
             incident.worst_s = max(incident.worst_s, span.seconds)
@@ -51,13 +50,12 @@ class SlowWatch:
         out: list[AnyEvent] = []
         for name, incident in list(self._open.items()):
             if not incident.journaled:
-                first = self._first.pop(name)
                 incident.journaled = True
                 out.append(
                     SlowOperation(
                         at=now,
                         operation=name,
-                        seconds=first.seconds,
+                        seconds=incident.first_s,
                         threshold_s=self._spans.slow_after_s.get(name, 0.0),
                     )
                 )
@@ -75,4 +73,5 @@ class SlowWatch:
 
     @property
     def open(self) -> list[str]:
+        """The operations with an incident open now."""
         return sorted(self._open)

@@ -377,8 +377,8 @@ class _AdoptedShim:
     returncode: int | None = None
 
     def __init__(self, pid: int, create_time: float, pidfd: int | None) -> None:
-        self._pid = self.pid = pid
-        self._create_time = self.create_time = create_time
+        self.pid = pid
+        self.create_time = create_time
         self._pidfd = pidfd
         self._exited: asyncio.Future[None] | None = None
 
@@ -395,7 +395,7 @@ class _AdoptedShim:
         return shim
 
     def _gone(self) -> bool:
-        return not alive_since(self._pid, self._create_time)
+        return not alive_since(self.pid, self.create_time)
 
     async def wait(self, timeout: float) -> bool:
         if self._pidfd is None:
@@ -422,7 +422,7 @@ class _AdoptedShim:
                 signal.pidfd_send_signal(self._pidfd, signum)
             return
         if not self._gone():
-            signal_group(self._pid, signum)
+            signal_group(self.pid, signum)
 
     def close(self) -> None:
         if self._pidfd is not None:

@@ -60,6 +60,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import psycopg
 from psycopg import conninfo
 
+from trafficcontrol.adapters.stores.urls import mask_secrets
 from trafficcontrol.errors import StoreError
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -104,7 +105,7 @@ class PgTarget:
 
 def parse_url(url: str, *, busy_timeout_s: float = 30.0, prepare: bool | None = None) -> PgTarget:
     """Raises a non-retryable ``StoreError`` for a URL that is not a PostgreSQL one."""
-    where, secrets = _mask(url)
+    where, secrets = mask_secrets(url)
 
     def malformed(reason: str) -> StoreError:
         reason = " ".join(reason.split())
@@ -183,31 +184,6 @@ def _port(host: str) -> str:
     if host.startswith("["):
         host = host.partition("]")[2]
     return host.partition(":")[2]
-
-
-def _mask(url: str) -> tuple[str, tuple[str, ...]]:
-    """The URL with its password replaced by ``***`` (in the authority and in a
-    ``password=`` parameter), and the password's raw forms."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url, ()
-    authority, slash, tail = rest.partition("/")
-    secrets: list[str] = []
-    userinfo, at, hosts = authority.rpartition("@")
-    if at and ":" in userinfo:
-        user, _, password = userinfo.partition(":")
-        secrets += [password, unquote(password)]
-        authority = f"{user}:***@{hosts}"
-    path, question, query = tail.partition("?")
-    items = []
-    for item in query.split("&") if question else []:
-        key, eq, value = item.partition("=")
-        if key == "password" and eq:
-            secrets += [value, unquote(value)]
-            item = "password=***"
-        items.append(item)
-    masked = f"{scheme}://{authority}{slash}{path}{question}{'&'.join(items)}"
-    return masked, tuple(s for s in secrets if s)
 
 
 def connect(target: PgTarget) -> Connection:

@@ -55,7 +55,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from psycopg.types.json import Jsonb
 
@@ -70,11 +70,11 @@ from trafficcontrol.adapters.stores.pg_schema import (
     parse_url,
     translated,
 )
+from trafficcontrol.adapters.stores.sqlite import Durability
 from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.errors import StoreError
 from trafficcontrol.ports import Request, RequestResult
 
-Durability = Literal["process", "power"]
 CHUNK = 10_000
 """Events per insert statement (a bigger batch is several, in one transaction)."""
 READ_CHUNK = 5_000
