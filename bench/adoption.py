@@ -92,7 +92,7 @@ from trafficcontrol.domain.model import (
     TaskSpec,
 )
 from trafficcontrol.domain.requests import SubmitRequest
-from trafficcontrol.ports import AgentBackend, AgentRequest
+from trafficcontrol.ports import AgentBackend, AgentRequest, Fence
 from trafficcontrol.settings import RunSettings, Settings
 from trafficcontrol.testing.fakes import RecordingReporter
 
@@ -285,8 +285,8 @@ def child_measure(home: Path, max_agents: int, spawned_at: float) -> None:
     original = journal.append
     out: dict[str, Any] = {"entered_s": entered - spawned_at}
 
-    def append(events: Sequence[AnyEvent], epoch: int = 0) -> int:
-        last = original(events, epoch)
+    def append(events: Sequence[AnyEvent], fence: Fence | None = None) -> int:
+        last = original(events, fence)
         now = time.time()
         if any(isinstance(e, OrchestratorStarted) for e in events):
             out["start_batch_s"] = now - started

@@ -327,7 +327,7 @@ async def _served_run(app: BenchApp, orch: Orchestrator, page: str) -> dict[str,
     assert listener is not None
     argv = [sys.executable, "-m", "bench.http", "--client"]
     with contextlib.redirect_stderr(io.StringIO()):  # the "dashboard: <url>" notice
-        async with cli_http.serving(app, listener, orch) as server:
+        async with cli_http.serving(app, listener, lambda: orch) as server:
             assert server is not None
             argv += [server.url, "--token-file", str(token_path(app.home.root))]
             argv += ["--page", page]

@@ -91,7 +91,7 @@ from trafficcontrol.domain.model import (
 )
 from trafficcontrol.domain.requests import SubmitRequest
 from trafficcontrol.domain.state import State, apply
-from trafficcontrol.ports import AgentBackend
+from trafficcontrol.ports import AgentBackend, Fence
 from trafficcontrol.settings import RunSettings, Settings
 
 GOAL_RECOVERY_S = 1.0
@@ -276,8 +276,8 @@ def child_measure(home: Path, spawned_at: float) -> dict[str, Any]:
     original = journal.append
     out: dict[str, Any] = {"entered_s": entered - spawned_at}
 
-    def append(events: Sequence[AnyEvent], epoch: int = 0) -> int:
-        last = original(events, epoch)
+    def append(events: Sequence[AnyEvent], fence: Fence | None = None) -> int:
+        last = original(events, fence)
         if any(isinstance(e, AttemptDispatched) for e in events):
             now = time.time()
             out["dispatched"] = sum(isinstance(e, AttemptDispatched) for e in events)

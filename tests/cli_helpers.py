@@ -13,7 +13,8 @@ TC = [sys.executable, "-m", "trafficcontrol"]
 
 
 def tc(*args: str, home: Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TC_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+    """``env``: the environment to run in instead of this process's."""
+    env = {**kw.pop("env", os.environ), "TC_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
     done = subprocess.run(
         [*TC, *args], capture_output=True, text=True, env=env, timeout=120, check=False, **kw
     )

@@ -12,7 +12,8 @@ starts.
 Also here: ``FatalServer``, a listener that answers a connection's startup with one
 error, as a server would (the test server trusts every local connection, so a wrong
 password cannot be produced for real), and ``CuttingProxy``, a TCP proxy that can cut
-a connection right after the server has answered a given statement.
+a connection right after the server has answered a given statement, or cut every
+connection and refuse new ones for a while (``partition``).
 """
 
 from __future__ import annotations
@@ -177,6 +178,9 @@ class FatalServer:
                 client, _ = self._listener.accept()
             except TimeoutError:
                 continue
+            if self._partitioned.is_set():
+                client.close()
+                continue
             with client, contextlib.suppress(OSError):  # a client that gave up
                 client.settimeout(5)
                 while True:  # an SSL or GSS encryption request first, maybe: refuse it
@@ -220,6 +224,7 @@ class CuttingProxy:
         self._listener.settimeout(0.05)
         self._stop = threading.Event()
         self._marker: bytes | None = None
+        self._partitioned = threading.Event()
         self.cuts = 0
         self._threads: list[threading.Thread] = []
         self._accepting = threading.Thread(target=self._accept, name="proxy", daemon=True)
@@ -242,11 +247,22 @@ class CuttingProxy:
     def cut_after(self, marker: bytes) -> None:
         self._marker = marker
 
+    def partition(self) -> None:
+        """Cut every connection now and refuse new ones until ``heal`` (the client's
+        side of a network partition: the server sees its sessions end)."""
+        self._partitioned.set()
+
+    def heal(self) -> None:
+        self._partitioned.clear()
+
     def _accept(self) -> None:
         while not self._stop.is_set():
             try:
                 client, _ = self._listener.accept()
             except TimeoutError:
+                continue
+            if self._partitioned.is_set():
+                client.close()
                 continue
             thread = threading.Thread(target=self._pump, args=(client,), daemon=True)
             self._threads.append(thread)
@@ -258,7 +274,7 @@ class CuttingProxy:
         with client, server, selectors.DefaultSelector() as selector, contextlib.suppress(OSError):
             selector.register(client, selectors.EVENT_READ, server)
             selector.register(server, selectors.EVENT_READ, client)
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not self._partitioned.is_set():
                 for key, _ in selector.select(timeout=0.05):
                     source: socket.socket = key.fileobj  # type: ignore[assignment]
                     data = source.recv(65536)

@@ -236,9 +236,9 @@ async def test_events_that_arrive_during_a_commit_share_the_next_one(tmp_path: P
     batches: list[int] = []
 
     class CountingJournal(SqliteJournal):
-        def append(self, events, epoch=0):  # type: ignore[no-untyped-def]
+        def append(self, events, fence=None):  # type: ignore[no-untyped-def]
             batches.append(len(events))
-            return super().append(events, epoch)
+            return super().append(events, fence)
 
     app = make_app(tmp_path / "home", max_agents=50)
     submit(app, [project(tmp_path / "p")], [task(f"t{i}") for i in range(300)])

@@ -15,6 +15,7 @@ from trafficcontrol.bootstrap import App, Home
 from trafficcontrol.cli.profile_report import profile_dict
 from trafficcontrol.domain.events import AnyEvent, SlowOperation, SlowOperationCleared
 from trafficcontrol.domain.profile import profile
+from trafficcontrol.ports import Fence
 from trafficcontrol.runtime.slow_watch import SlowWatch
 from trafficcontrol.runtime.stats import Spans
 from trafficcontrol.settings import ProfileSettings, RunSettings, Settings
@@ -26,9 +27,9 @@ DELAY_S = 0.06
 class SlowJournal(SqliteJournal):
     """The real SQLite journal on a slow disk (every append waits first)."""
 
-    def append(self, events: Sequence[AnyEvent], epoch: int = 0) -> int:
+    def append(self, events: Sequence[AnyEvent], fence: Fence | None = None) -> int:
         time.sleep(DELAY_S)  # the injected slowness itself
-        return super().append(events, epoch)
+        return super().append(events, fence)
 
 
 async def test_slow_commits_open_one_incident_and_recommend_a_faster_disk(tmp_path: Path) -> None:

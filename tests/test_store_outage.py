@@ -33,6 +33,7 @@ from trafficcontrol.domain.events import (
 from trafficcontrol.domain.invariants import verify_journal
 from trafficcontrol.domain.model import Outcome, StopReason, TaskState
 from trafficcontrol.errors import ConfigError, StoreError
+from trafficcontrol.ports import Fence
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.watchdog import StoreStatus, StoreWatch
 from trafficcontrol.settings import load_settings
@@ -58,9 +59,9 @@ class WatchedJournal(SqliteJournal):
         super().__init__(path, **kw)
         self.failed: queue.Queue[list[AnyEvent]] = queue.Queue()
 
-    def append(self, events: Sequence[AnyEvent], epoch: int = 0) -> int:
+    def append(self, events: Sequence[AnyEvent], fence: Fence | None = None) -> int:
         try:
-            return super().append(events, epoch)
+            return super().append(events, fence)
         except StoreError:
             self.failed.put(list(events))
             raise

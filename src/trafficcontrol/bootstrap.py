@@ -10,12 +10,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
+from trafficcontrol import __version__
 from trafficcontrol.adapters.agents.anthropic_api import ApiBackend
 from trafficcontrol.adapters.agents.command import CommandBackend
 from trafficcontrol.adapters.agents.launcher import SupervisorLauncher
@@ -34,6 +36,7 @@ from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.events import AnyEvent, RolledBack
 from trafficcontrol.domain.requests import (
     AnyRequest,
+    HandoffRequest,
     RollbackRequest,
     SampleRequest,
     SnapshotRequest,
@@ -44,13 +47,18 @@ from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State
 from trafficcontrol.domain.workflows import WorkflowSpec
 from trafficcontrol.errors import BacklogError, ConfigError, StoreError, TrafficControlError
-from trafficcontrol.ports import AgentBackend, Clock, Journal, RequestResult
+from trafficcontrol.ports import AgentBackend, Clock, Fence, Journal, Leases, RequestResult
 from trafficcontrol.runtime.lead import Lead
+from trafficcontrol.runtime.member import SHARD, Member
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.recovery import interrupt_leftovers
 from trafficcontrol.runtime.snapshotter import Snapshotter
+from trafficcontrol.runtime.stats import LoopStats
 from trafficcontrol.settings import Settings, load_settings
 
+CLI_LEASE_TTL_S = 60.0
+"""A CLI write without an orchestrator holds the lease this long at most (it releases
+it when done; a CLI killed mid-write blocks an orchestrator's start no longer)."""
 SUPERVISOR_PRELOAD = {
     "command": ("trafficcontrol.adapters.agents.command",),
     "claude": ("trafficcontrol.adapters.agents.claude_sdk", "claude_agent_sdk"),
@@ -148,7 +156,11 @@ class App:
         self.settings = settings if settings is not None else load_settings(home.config)
         self.clock: Clock = clock or SystemClock()
         self._journal: Journal | None = None
+        self._leases: Leases | None = None
+        self._write_fence: Fence | None = None
+        """The lease a write made here without an orchestrator holds (PostgreSQL)."""
         self.last_recovery: recovery.Recovered | None = None
+        self.last_notes: list[str] = []
 
     # -- storage ----------------------------------------------------------------------
     @property
@@ -187,10 +199,26 @@ class App:
                 return False
         return self.journal().last_seq() > 0
 
+    def leases(self) -> Leases:
+        """The shared store's leases (PostgreSQL only: SQLite has its run lock)."""
+        if self.on_sqlite:
+            raise ConfigError("leases need a PostgreSQL store (SQLite: one orchestrator per file)")
+        if self._leases is None:
+            self.journal()  # creates or upgrades the schema the leases live in
+            from trafficcontrol.adapters.stores.pg_leases import PgLeases
+
+            self._leases = PgLeases(
+                self.store_url, busy_timeout_s=min(5.0, self.settings.run.store_busy_timeout_s)
+            )
+        return self._leases
+
     def close(self) -> None:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+        if self._leases is not None:
+            self._leases.close()
+            self._leases = None
 
     def snapshot_files(self) -> SnapshotStore:
         return SnapshotStore(
@@ -222,7 +250,55 @@ class App:
         return RunLock(self.home.lock)
 
     def orchestrator_running(self) -> bool:
-        return self.run_lock().held_by_other()
+        if self.on_sqlite:
+            return self.run_lock().held_by_other()
+        return any(info.live for info in self.leases().leases())
+
+    @contextmanager
+    def exclusive(self) -> Iterator[bool]:
+        """Hold the store for a write made here, when no orchestrator works on it (True):
+        the home's run lock on SQLite, the lease on PostgreSQL (its writes fenced by it)."""
+        if self.on_sqlite:
+            lock = self.run_lock()
+            held = lock.try_acquire()
+            try:
+                yield held
+            finally:
+                lock.release()
+            return
+        leases = self.leases()
+        holder = f"tc-cli:{socket.gethostname()}:{os.getpid()}"
+        grant = leases.acquire(SHARD, holder, CLI_LEASE_TTL_S)
+        if grant is None:
+            yield False
+            return
+        self._write_fence = grant.fence
+        try:
+            yield True
+        finally:
+            self._write_fence = None
+            leases.release(grant)
+
+    def member(self, *, on_role: Callable[[str, str], None]) -> Member:
+        """``tc run`` on a shared store: standby until it holds the lease, then leader."""
+        cluster = self.settings.cluster
+        stats = LoopStats()  # one for every orchestrator the member makes (the dashboard's)
+
+        def make() -> Orchestrator:
+            orchestrator, notes = self.start(stats=stats)
+            self.last_notes = notes
+            return orchestrator
+
+        return Member(
+            make=make,
+            journal=self.journal(),
+            leases=self.leases(),
+            clock=self.clock,
+            ttl_s=cluster.lease_ttl_s,
+            poll_s=cluster.standby_poll_s,
+            version=__version__,
+            on_role=on_role,
+        )
 
     # -- requests ------------------------------------------------------------------------
     def request(self, request: AnyRequest, *, wait_s: float = 60.0) -> RequestResult:
@@ -233,15 +309,13 @@ class App:
                 request = self.with_workflows(request)
             except TrafficControlError as exc:
                 return RequestResult(ok=False, message=exc.message, details=[exc.message])
-        lock = self.run_lock()
-        if lock.try_acquire():
-            try:
-                return self._apply_request(request)
-            except TrafficControlError as exc:
-                problems = getattr(exc, "problems", [exc.message])
-                return RequestResult(ok=False, message=exc.message, details=problems)
-            finally:
-                lock.release()
+        with self.exclusive() as held:
+            if held:
+                try:
+                    return self._apply_request(request)
+                except TrafficControlError as exc:
+                    problems = getattr(exc, "problems", [exc.message])
+                    return RequestResult(ok=False, message=exc.message, details=problems)
         journal = self.journal()
         request_id = journal.post_request(str(request.__struct_config__.tag), _encode(request))
         deadline = time.monotonic() + wait_s
@@ -295,11 +369,15 @@ class App:
                 return RequestResult(
                     ok=False, message="no tc run works on this home: there is nothing to sample"
                 )
+            case HandoffRequest():
+                return RequestResult(
+                    ok=False, message="no tc run leads on this store: there is nothing to hand off"
+                )
             case _:
                 event = plan(self.read_state(), request, self.clock.now())
                 if event is None:
                     return RequestResult(ok=True, message="no change")
-                self.journal().append([event])
+                self.journal().append([event], self._write_fence)
                 return RequestResult(ok=True, message="accepted")
 
     def _rollback_offline(self, request: RollbackRequest) -> RequestResult:
@@ -319,7 +397,7 @@ class App:
             )
         )
         events.append(RolledBack(at=now, version=request.version, snapshot=data))
-        self.journal().append(events)
+        self.journal().append(events, self._write_fence)
         return RequestResult(
             ok=True, message=f"rolled back to snapshot {request.version}", details=details
         )
@@ -347,7 +425,9 @@ class App:
         backends["api"] = ApiBackend(environ=self.environ, clock=self.clock)
         return backends
 
-    def orchestrator(self, *, record_latency: bool = False) -> Orchestrator:
+    def orchestrator(
+        self, *, record_latency: bool = False, stats: LoopStats | None = None
+    ) -> Orchestrator:
         instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         run = self.settings.run
         backends = self.backends()
@@ -373,6 +453,7 @@ class App:
             store_retry_max_s=run.store_retry_max_s,
             store_shutdown_wait_s=run.store_shutdown_wait_s,
             hung_after_s=run.hung_after_s or None,
+            stats=stats,
         )
 
     def _lead(self, backends: Mapping[str, AgentBackend]) -> Lead | None:
@@ -407,12 +488,14 @@ class App:
         orchestrator.slow.quiet_s = settings.quiet_s
         return orchestrator
 
-    def start(self, *, record_latency: bool = False) -> tuple[Orchestrator, list[str]]:
+    def start(
+        self, *, record_latency: bool = False, stats: LoopStats | None = None
+    ) -> tuple[Orchestrator, list[str]]:
         """An orchestrator with its recovered state, and what recovery found.
-        The caller holds the run lock."""
+        The caller holds the run lock (or will hold the lease before it runs)."""
         recovered = self.recover()
         self.last_recovery = recovered
-        orchestrator = self._profiled(self.orchestrator(record_latency=record_latency))
+        orchestrator = self._profiled(self.orchestrator(record_latency=record_latency, stats=stats))
         orchestrator.recover(recovered.state)
         return orchestrator, recovered.notes
 

@@ -8,7 +8,8 @@ without catching Python's own bugs::
     ├── BacklogError           a submitted backlog (file or CLI) was refused; nothing applied
     ├── UnknownTaskError       a task id that is not in the state
     ├── StoreError             the journal could not be read or written
-    │   └── CorruptJournalError  a journal row failed validation
+    │   ├── CorruptJournalError  a journal row failed validation
+    │   └── FencedError          a write refused: the writer's lease is not the current one
     ├── AgentError             an agent could not be started or crashed in our adapter
     └── WorkspaceError         a git worktree could not be created or removed
 
@@ -55,6 +56,14 @@ class StoreError(TrafficControlError):
 
 class CorruptJournalError(StoreError):
     """A journal row could not be decoded; names the row."""
+
+    retryable = False
+
+
+class FencedError(StoreError):
+    """A write was refused because its fence (lease epoch) is not the shard's current,
+    unexpired lease: another instance leads now, or the lease ran out. The writer must
+    step down; retrying cannot succeed."""
 
     retryable = False
 

@@ -261,11 +261,26 @@ class RequestResult:
     details: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Who may write: the holder of a shard's lease at one epoch (``Leases``). A store
+    with leases refuses, in the writing transaction itself, a write whose fence is not
+    the shard's current, unexpired lease."""
+
+    shard: str
+    holder: str
+    epoch: int
+
+
 class Journal(Protocol):
     """Append-only event log plus an inbox of requests. Blocking calls, one writer."""
 
-    def append(self, events: Sequence[AnyEvent], epoch: int = 0) -> int:
-        """Append in one transaction; returns the last sequence number. Durable on return."""
+    def append(self, events: Sequence[AnyEvent], fence: Fence | None = None) -> int:
+        """Append in one transaction; returns the last sequence number. Durable on return.
+
+        A store with leases (``Leases``) raises ``FencedError`` when ``fence`` is not the
+        current lease, and when ``fence`` is None while any lease is held; a store
+        without leases (SQLite: one orchestrator per file, the run lock) ignores it."""
         ...
 
     def read(self, after: int = 0) -> Iterator[tuple[int, AnyEvent]]:
@@ -280,8 +295,9 @@ class Journal(Protocol):
 
     def post_request(self, kind: str, body: bytes) -> int: ...
 
-    def take_requests(self) -> list[Request]:
-        """Requests not yet taken, oldest first; each is returned once."""
+    def take_requests(self, fence: Fence | None = None) -> list[Request]:
+        """Requests not yet taken, oldest first; each is returned once. With leases, a
+        stale ``fence`` takes nothing (they are left for the lease's holder)."""
         ...
 
     def finish_request(self, request_id: int, result: RequestResult) -> None: ...
@@ -298,6 +314,108 @@ class RequestNotifier(Protocol):
     another thread; the returned function stops listening."""
 
     def on_request(self, wake: Callable[[], None]) -> Callable[[], None]: ...
+
+
+@runtime_checkable
+class AppendNotifier(Protocol):
+    """A journal that can say when events were appended or a lease released (PostgreSQL's
+    LISTEN/NOTIFY), so a standby folds them at once instead of at its next poll."""
+
+    def on_append(self, wake: Callable[[], None]) -> Callable[[], None]: ...
+
+
+# -- leases (several instances on one store) ---------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A lease as its holder got it. Times are the store's clock (epoch seconds): the
+    holder measures its own deadline from when it asked, on its monotonic clock."""
+
+    shard: str
+    holder: str
+    epoch: int
+    ttl_s: float
+    expires_at: float
+    store_now: float
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.shard, self.holder, self.epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """A shard's lease as anyone can read it."""
+
+    shard: str
+    holder: str
+    epoch: int
+    expires_at: float
+    store_now: float
+    acquired_at: float
+
+    @property
+    def live(self) -> bool:
+        return self.expires_at > self.store_now
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceBeat:
+    """What an instance says of itself at each heartbeat (``tc cluster``)."""
+
+    instance: str
+    host: str
+    pid: int
+    role: str
+    """leader, standby, cli."""
+    version: str
+    seq: int
+    """The last journal event its state has folded."""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    beat: InstanceBeat
+    started_at: float
+    seen_at: float
+    store_now: float
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """Leases per shard with fencing epochs, decided by the store's clock. Blocking
+    calls, on a connection of their own (renewal never waits behind a journal read).
+
+    ``acquire`` succeeds when the shard's lease is free, released, expired — or held by
+    a session the store knows is gone (its holder died: no need to wait for expiry); it
+    always starts a new epoch, one more than any before on that shard."""
+
+    def acquire(self, shard: str, holder: str, ttl_s: float) -> LeaseGrant | None:
+        """The lease at a new epoch; None when another holds it."""
+        ...
+
+    def renew(self, grant: LeaseGrant) -> LeaseGrant | None:
+        """The lease extended by its TTL from now; None when it is lost (expired, or
+        taken at a newer epoch). Never revives an expired lease."""
+        ...
+
+    def release(self, grant: LeaseGrant) -> None:
+        """Give the lease up now (a handoff): the next ``acquire`` needs no wait."""
+        ...
+
+    def leases(self) -> list[LeaseInfo]: ...
+
+    def beat(self, beat: InstanceBeat) -> None:
+        """Record (or refresh) an instance's heartbeat."""
+        ...
+
+    def forget(self, instance: str) -> None:
+        """Remove an instance's heartbeat (it stopped)."""
+        ...
+
+    def instances(self) -> list[InstanceInfo]: ...
+
+    def close(self) -> None: ...
 
 
 # -- snapshots ---------------------------------------------------------------------------

@@ -120,8 +120,26 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     seed: int = 0
 
 
+class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Several ``tc run`` on one PostgreSQL store: one leads, the others stand by."""
+
+    lease_ttl_s: float = 6.0
+    """How long the leader's lease lasts unrenewed (renewed every third of it). A leader
+    that dies is replaced within ``standby_poll_s`` (the store sees its session end); one
+    that hangs or is cut off, within this."""
+    standby_poll_s: float = 0.25
+    """How often a standby tries the lease and, without LISTEN/NOTIFY, reads the journal."""
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.lease_ttl_s <= 3600:
+            raise ValueError("cluster.lease_ttl_s must be between 0.5 and 3600")
+        if not 0.01 <= self.standby_poll_s <= self.lease_ttl_s:
+            raise ValueError("cluster.standby_poll_s must be between 0.01 and lease_ttl_s")
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     run: RunSettings = msgspec.field(default_factory=RunSettings)
+    cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
     claude: ClaudeSettings = msgspec.field(default_factory=ClaudeSettings)
     sim: SimConfig = msgspec.field(default_factory=SimConfig)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)

@@ -117,12 +117,27 @@ class Live:
         )
 
     async def readyz(self, _request: Request) -> Response:
+        """Leader (or alone): recovered and the store takes writes. Standby: caught up
+        with the journal within ``STANDBY_LAG_S`` (it serves reads; writes go through the
+        journal's inbox to the leader either way)."""
         source = self._ctx.source
-        checks = {"recovered": source.stats.recovered, "store_writable": source.writable()}
+        cluster = source.cluster()
+        body: dict[str, Any] = {"role": source.role}
+        if cluster is not None and cluster.get("role") == "standby":
+            caught_up_at = cluster.get("caught_up_at")
+            lag_s = None if not isinstance(caught_up_at, float) else time.time() - caught_up_at
+            checks = {"following": lag_s is not None and lag_s <= STANDBY_LAG_S}
+            body["lag_s"] = None if lag_s is None else round(lag_s, 3)
+        else:
+            checks = {"recovered": source.stats.recovered, "store_writable": source.writable()}
+        if cluster is not None:
+            body.update({k: v for k, v in cluster.items() if k not in ("role", "caught_up_at")})
         ready = all(checks.values())
-        return JSONResponse(
-            {"ready": ready, "role": source.role, **checks}, status_code=200 if ready else 503
-        )
+        return JSONResponse({"ready": ready, **body, **checks}, status_code=200 if ready else 503)
+
+
+STANDBY_LAG_S = 5.0
+"""A standby that has not caught up with the journal for this long is not ready."""
 
 
 def _stream(ctx: Context) -> Callable[[Request], Any]:

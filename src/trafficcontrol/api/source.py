@@ -37,14 +37,21 @@ class Source(Protocol):
 
     hub: EventHub
     stats: LoopStats
-    role: str
-    """``orchestrator`` (inside tc run) or ``read-only`` (tc serve)."""
+
+    @property
+    def role(self) -> str:
+        """``orchestrator`` (inside tc run, alone on its store), ``leader`` or
+        ``standby`` (several on one store), ``read-only`` (tc serve)."""
+        ...
 
     @property
     def state(self) -> State: ...
 
     def health(self) -> Health | None:
         """The orchestrator's degraded modes (None: no orchestrator here)."""
+
+    def cluster(self) -> dict[str, object] | None:
+        """Role, lease epoch and lag among instances sharing the store (None: alone)."""
 
     async def request(self, request: AnyRequest) -> RequestResult:
         """Apply ``request`` through the CLI's path; never blocks the loop."""
@@ -96,30 +103,46 @@ class _Requests:
 
 
 class OrchestratorSource:
-    """The state of the orchestrator this process runs."""
+    """The state of the orchestrator this process runs (a cluster member's changes with
+    its role; they share one ``LoopStats``)."""
 
-    role = "orchestrator"
-
-    def __init__(self, orchestrator: Orchestrator, make_app: Callable[[], App]) -> None:
-        self._orchestrator = orchestrator
-        self.stats = orchestrator.stats
+    def __init__(
+        self,
+        current: Callable[[], Orchestrator],
+        make_app: Callable[[], App],
+        *,
+        cluster: Callable[[], dict[str, object]] | None = None,
+    ) -> None:
+        self._current = current
+        self.stats = current().stats
         self.hub = EventHub()
         self.stats.listeners.append(self.hub.publish)
         self._requests = _Requests(make_app)
+        self._cluster = cluster
+
+    @property
+    def role(self) -> str:
+        """``orchestrator`` alone on its store; ``leader`` or ``standby`` in a cluster."""
+        if self._cluster is None:
+            return "orchestrator"
+        return str(self._cluster()["role"])
+
+    def cluster(self) -> dict[str, object] | None:
+        return None if self._cluster is None else self._cluster()
 
     @property
     def state(self) -> State:
-        return self._orchestrator.state
+        return self._current().state
 
     def health(self) -> Health | None:
-        return self._orchestrator.health()
+        return self._current().health()
 
     def writable(self) -> bool:
-        return self._orchestrator.health().store == "ok"
+        return self._current().health().store == "ok"
 
     async def request(self, request: AnyRequest) -> RequestResult:
         result = await self._requests(request)
-        self._orchestrator.pool.inbox.poke()
+        self._current().pool.inbox.poke()
         return result
 
     async def journal(self) -> list[AnyEvent]:
@@ -136,6 +159,9 @@ class JournalFollower:
     """A state home read as its journal grows (``tc serve``; module notes)."""
 
     role = "read-only"
+
+    def cluster(self) -> dict[str, object] | None:
+        return None
 
     def __init__(self, make_app: Callable[[], App], *, poll_s: float = 0.1) -> None:
         self._make_app = make_app

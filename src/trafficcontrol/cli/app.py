@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -42,6 +43,7 @@ from trafficcontrol.domain.rotation import rotation_stats
 from trafficcontrol.domain.state import State
 from trafficcontrol.errors import TrafficControlError
 from trafficcontrol.ports import RequestResult
+from trafficcontrol.runtime.member import Member
 from trafficcontrol.runtime.orchestrator import Orchestrator
 
 if TYPE_CHECKING:
@@ -243,16 +245,27 @@ def run(
             " the next tc run adopts them."
         ),
     ] = False,
+    handoff: Annotated[
+        bool,
+        typer.Option(
+            help="On SIGTERM, hand the lead to a standby (as tc handoff) instead of stopping"
+            " the agents (PostgreSQL store)."
+        ),
+    ] = False,
     http_at: HttpOption = None,
 ) -> None:
-    """Run the backlog in the foreground until it is finished (or Ctrl-C)."""
+    """Run the backlog in the foreground until it is finished (or Ctrl-C).
+
+    On a PostgreSQL store several tc run may share the work's journal: one leads (holds
+    the lease), the others follow it as hot standbys and take over when it is gone."""
     app_ = make_app(home)
     code = run_app(
         app_,
         max_agents=max_agents,
         forever=forever,
         live=live,
-        leave_agents_running=leave_agents_running,
+        leave_agents_running=leave_agents_running or handoff,
+        handoff=handoff,
         http_at=http_at,
     )
     raise typer.Exit(code)
@@ -265,6 +278,7 @@ def run_app(
     forever: bool,
     live: bool | None,
     leave_agents_running: bool = False,
+    handoff: bool = False,
     http_at: str | None = None,
 ) -> int:
     if max_agents is not None:
@@ -275,8 +289,10 @@ def run_app(
         app_.settings = msgspec.structs.replace(
             app_.settings, run=msgspec.structs.replace(app_.settings.run, max_agents=max_agents)
         )
-    lock = app_.run_lock()
-    if not lock.try_acquire():
+    lock = app_.run_lock() if app_.on_sqlite else None
+    if handoff and lock is not None:
+        fail("--handoff needs a PostgreSQL store (a standby to hand off to)")
+    if lock is not None and not lock.try_acquire():
         fail(f"another tc run is already working on {app_.home.root}")
     try:
         try:
@@ -286,14 +302,20 @@ def run_app(
                 from trafficcontrol.cli import http
 
                 listener = http.listen(app_, http_at)  # a taken port fails before recovery
-            orchestrator, notes = app_.start()
+            member: Member | None = None
+            if lock is None:
+                member = app_.member(on_role=_announce_role)
+                orchestrator = member.prepare()
+                notes = app_.last_notes
+            else:
+                orchestrator, notes = app_.start()
             orchestrator.leave_agents_running = leave_agents_running
             orchestrator.check_backends()
         except TrafficControlError as exc:
             fail(exc.message, code=2)
         for note in notes:
             err.print(f"[yellow]recovery:[/] {note}", highlight=False)
-        if adoptable := orchestrator.adoptable_leftovers():
+        if member is None and (adoptable := orchestrator.adoptable_leftovers()):
             err.print(
                 f"recovery: {adoptable} attempt(s) left running by the previous run will be"
                 " adopted if their supervisors are alive or finished",
@@ -307,44 +329,87 @@ def run_app(
                 highlight=False,
             )
         show_live = out.is_terminal if live is None else live
+        target: Orchestrator | Member = orchestrator if member is None else member
         try:
-            asyncio.run(_run(app_, orchestrator, listener, forever=forever, show_live=show_live))
+            asyncio.run(
+                _run(
+                    app_,
+                    target,
+                    listener,
+                    forever=forever,
+                    show_live=show_live,
+                    handoff=handoff,
+                    leave_agents_running=leave_agents_running,
+                )
+            )
         except TrafficControlError as exc:
             fail(exc.message)
+        if member is not None and member.orchestrator is not None:
+            orchestrator = member.orchestrator
         with contextlib.suppress(OSError):  # the profile is a convenience, never an error
             save_spans(app_.home.root / PROFILE_FILE, orchestrator.stats.spans.summary())
         state = orchestrator.state
         out.print(views.counts_text(state))
         if any(a.simulated for a in state.attempts.values()):
             out.print("[yellow]Agents were simulated: no model was called.[/]")
+        if orchestrator.handing_off:
+            return 0
         return 1 if state.counts[TaskState.FAILED] else 0
     finally:
         app_.close()
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _announce_role(role: str, detail: str) -> None:
+    err.print(f"tc run: {role}: {detail}", highlight=False)
 
 
 async def _run(
     app_: App,
-    orchestrator: Orchestrator,
+    target: Orchestrator | Member,
     listener: Listener | None,
     *,
     forever: bool,
     show_live: bool,
+    handoff: bool = False,
+    leave_agents_running: bool = False,
 ) -> None:
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, orchestrator.stop)
+
+    def current() -> Orchestrator:
+        if isinstance(target, Orchestrator):
+            return target
+        assert target.orchestrator is not None
+        return target.orchestrator
+
+    def stop() -> None:
+        orchestrator = current()
+        orchestrator.leave_agents_running = leave_agents_running
+        target.stop()
+
+    def terminate() -> None:
+        if handoff and current().leadership is not None:
+            current().hand_off()
+            return
+        stop()
+
+    loop.add_signal_handler(signal.SIGINT, stop)
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    job = asyncio.create_task(target.run(until_idle=not forever), name="orchestrator")
     if listener is None:
-        await _follow(orchestrator, forever=forever, show_live=show_live)
+        await _follow(current, job, show_live=show_live)
         return
     from trafficcontrol.cli import http
 
-    async with http.serving(app_, listener, orchestrator):
-        await _follow(orchestrator, forever=forever, show_live=show_live)
+    async with http.serving(app_, listener, current, target):
+        await _follow(current, job, show_live=show_live)
 
 
-async def _follow(orchestrator: Orchestrator, *, forever: bool, show_live: bool) -> None:
-    job = asyncio.create_task(orchestrator.run(until_idle=not forever), name="orchestrator")
+async def _follow(
+    current: Callable[[], Orchestrator], job: asyncio.Task[Any], *, show_live: bool
+) -> None:
+    orchestrator = current()
     view = views.LiveView()
     if show_live:
         with Live(
@@ -352,7 +417,7 @@ async def _follow(orchestrator: Orchestrator, *, forever: bool, show_live: bool)
         ) as screen:
             while not job.done():
                 await asyncio.wait({job}, timeout=0.25)
-                screen.update(view.render(orchestrator.state, time.time()))
+                screen.update(view.render(current().state, time.time()))
     else:
         last = ""
         seen = orchestrator.state.capacity.warnings_total
@@ -362,6 +427,7 @@ async def _follow(orchestrator: Orchestrator, *, forever: bool, show_live: bool)
             finished = job.done()
             if not finished:
                 await asyncio.wait({job}, timeout=2.0)
+            orchestrator = current()
             line = views.counts_text(orchestrator.state).plain.strip()
             if line != last:
                 err.print(f"tc run: {line}", highlight=False)
@@ -592,6 +658,7 @@ def demo(
 def main() -> None:
     from trafficcontrol.cli import (
         capacity,
+        cluster,
         db,
         health,
         profile,
@@ -609,6 +676,7 @@ def main() -> None:
     serve.register(app)
     profile.register(app)
     db.register(app)
+    cluster.register(app)
     try:
         app()
     except TrafficControlError as exc:  # one line, whatever command met it (a bad store)

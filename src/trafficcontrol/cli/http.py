@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from trafficcontrol.api.routes import Context
 from trafficcontrol.api.server import HttpServer, bind, parse_listen
 from trafficcontrol.api.source import JournalFollower, OrchestratorSource, Source
 from trafficcontrol.bootstrap import App
+from trafficcontrol.runtime.member import Member
 from trafficcontrol.runtime.orchestrator import Orchestrator
 
 err = Console(stderr=True)
@@ -83,13 +84,21 @@ def context(app_: App, source: Source) -> Context:
 
 @contextlib.asynccontextmanager
 async def serving(
-    app_: App, listener: Listener | None, orchestrator: Orchestrator
+    app_: App,
+    listener: Listener | None,
+    current: Callable[[], Orchestrator],
+    member: Orchestrator | Member | None = None,
 ) -> AsyncIterator[HttpServer | None]:
-    """The server on this loop while the body runs (nothing when ``listener`` is None)."""
+    """The server on this loop while the body runs (nothing when ``listener`` is None).
+    ``current``: the orchestrator this process runs now (a member's changes with its
+    role)."""
     if listener is None:
         yield None
         return
-    source = OrchestratorSource(orchestrator, lambda: App(app_.home, environ=app_.environ))
+    cluster = member.cluster if isinstance(member, Member) else None
+    source = OrchestratorSource(
+        current, lambda: App(app_.home, environ=app_.environ), cluster=cluster
+    )
     async with _served(app_, listener, source) as server:
         yield server
     source.close()

@@ -61,8 +61,20 @@ class SampleRequest(msgspec.Struct, frozen=True, tag="sample"):
     seconds: float
 
 
+class HandoffRequest(msgspec.Struct, frozen=True, tag="handoff"):
+    """Hand the lead to a standby (``tc handoff``): stop dispatching, leave the running
+    agents to the next leader, journal the stop, release the lease. Served by the
+    running orchestrator only."""
+
+
 AnyRequest = (
-    SubmitRequest | CancelRequest | RetryRequest | SnapshotRequest | RollbackRequest | SampleRequest
+    SubmitRequest
+    | CancelRequest
+    | RetryRequest
+    | SnapshotRequest
+    | RollbackRequest
+    | SampleRequest
+    | HandoffRequest
 )
 
 request_decoder = msgspec.json.Decoder(AnyRequest)

@@ -59,17 +59,20 @@ from trafficcontrol.domain.model import AttemptId, Outcome, StopReason, TaskId, 
 from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.resilience import ResilienceConfig
 from trafficcontrol.domain.state import State, apply
-from trafficcontrol.errors import ConfigError
+from trafficcontrol.errors import ConfigError, FencedError
 from trafficcontrol.ports import (
     AdoptingBackend,
     AgentBackend,
     Clock,
+    Fence,
     Journal,
     Leftover,
     RequestNotifier,
+    RequestResult,
     Workspaces,
 )
 from trafficcontrol.runtime.lead import Lead
+from trafficcontrol.runtime.leadership import Leadership
 from trafficcontrol.runtime.pool import AgentPool
 from trafficcontrol.runtime.recovery import LeftoverKiller, MarkedKiller, account_for_leftovers
 from trafficcontrol.runtime.requests_server import RequestsServer
@@ -107,8 +110,18 @@ class Orchestrator:
         store_shutdown_wait_s: float = 60.0,
         hung_after_s: float | None = None,
         leave_agents_running: bool = False,
+        leadership: Leadership | None = None,
+        stats: LoopStats | None = None,
     ) -> None:
         self._journal = journal
+        self.leadership = leadership
+        """The lease this orchestrator leads by (several instances on one store): its
+        fence goes with every write, and the loop steps down once it is not trusted."""
+        self.stepped_down: str | None = None
+        """Why the run ended by stepping down (the lease was lost); None otherwise."""
+        self._keeping: asyncio.Task[None] | None = None
+        self.handing_off = False
+        """Stopping to hand the lead to a standby (``hand_off``)."""
         self.leave_agents_running = leave_agents_running
         """At a clean stop, let supervised agents run on for the next orchestrator to
         adopt (a handoff) instead of stopping them."""
@@ -149,7 +162,8 @@ class Orchestrator:
             retry_max_s=store_retry_max_s,
             shutdown_wait_s=store_shutdown_wait_s,
             on_fold=None if lead is None else lead.note,
-            stats=LoopStats(),
+            stats=stats or LoopStats(),
+            fence=self._fence,
         )
         self.stats = self._buffer.stats
         """The loop's own figures (``runtime.stats``): turns, commits, dispatch latency."""
@@ -162,6 +176,7 @@ class Orchestrator:
             buffer=self._buffer, pool=self.pool, clock=clock, snapshotter=snapshotter
         )
         self._requests.sampler = Sampler(logs_dir.parent / "profiles")
+        self._requests.handoff = self.hand_off
         self._hung = HungWatch(hung_after_s)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -191,6 +206,20 @@ class Orchestrator:
         self._stopping = True
         self.pool.inbox.poke()
 
+    def hand_off(self) -> RequestResult:
+        """Stop dispatching and stop, leaving the running supervised agents to the next
+        leader, which the released lease lets in at once (``tc handoff``)."""
+        if self.leadership is None:
+            return RequestResult(
+                ok=False, message="no standby can take over: this store has no leases (SQLite)"
+            )
+        self.handing_off = True
+        self.leave_agents_running = True
+        self.stop()
+        return RequestResult(
+            ok=True, message=f"handing off (epoch {self.leadership.epoch}): a standby takes over"
+        )
+
     def health(self) -> Health:
         """The degraded modes in force now (read-only; cheap enough to poll)."""
         store = self._buffer.watch
@@ -209,23 +238,57 @@ class Orchestrator:
         )
 
     async def run(self, *, until_idle: bool = True) -> None:
+        """Run until idle (or stopped); with a lease, also until it is lost: then the run
+        steps down (``stepped_down`` says why) and returns without writing anything."""
         try:
-            await self._start()
-            while True:
-                await self._step()
-                if self._stopping or (until_idle and self._idle()):
-                    break
-                buffer = self._buffer
-                if self.snapshotter is not None and buffer.watch.ok and not buffer.unsent:
-                    self.snapshotter.maybe_start(self.state)
-                await self._wait()
-            await self._shutdown()
+            try:
+                await self._start()
+                while True:
+                    await self._step()
+                    if self._stopping or (until_idle and self._idle()):
+                        break
+                    buffer = self._buffer
+                    if self.snapshotter is not None and buffer.watch.ok and not buffer.unsent:
+                        self.snapshotter.maybe_start(self.state)
+                    await self._wait()
+                await self._shutdown()
+            except FencedError as exc:
+                if self.leadership is None:
+                    raise
+                self.leadership.fenced(exc)
+                await self._step_down(exc.message)
+            except _LeaseLost as exc:
+                await self._step_down(str(exc))
         finally:
+            if self._keeping is not None:
+                self._keeping.cancel()
+                await asyncio.gather(self._keeping, return_exceptions=True)
             if self._stop_listening is not None:  # a run that failed never shut down
                 await asyncio.to_thread(self._stop_listening)
                 self._stop_listening = None
             await self.pool.cancel_all()
             self._buffer.close()
+
+    async def _step_down(self, why: str) -> None:
+        """The lease is lost: another instance leads, or will. Nothing more is written (it
+        would be refused); supervised agents are let go for the new leader to adopt, the
+        others stopped (the new leader journals them interrupted); no snapshot is taken
+        (the state holds events the journal refused)."""
+        self.stepped_down = why
+        left = self.pool.detach_all()
+        log.error("stepping_down why=%r agents_left_to_the_next_leader=%d", why, len(left))
+        for job in list(self._consults):
+            job.cancel()
+        await self.pool.cancel_all()
+        await self.pool.aclose()
+
+    def _fence(self) -> Fence | None:
+        return None if self.leadership is None else self.leadership.fence
+
+    def _check_lease(self) -> None:
+        leadership = self.leadership
+        if leadership is not None and not leadership.valid():
+            raise _LeaseLost(leadership.lost or "lost")
 
     async def _start(self) -> None:
         previous_clean = not self.state.running_orchestrator
@@ -257,8 +320,13 @@ class Orchestrator:
                 previous_clean=previous_clean,
             )
         )
+        self._check_lease()
         await self._buffer.commit(events)
         self.stats.recovered = True
+        if self.leadership is not None:
+            leadership = self.leadership
+            leadership.on_lost = self.pool.inbox.poke
+            self._keeping = asyncio.create_task(leadership.keep(), name="lease")
         if isinstance(self._journal, RequestNotifier):
             loop = asyncio.get_running_loop()
 
@@ -299,6 +367,7 @@ class Orchestrator:
         returns (waiters are acknowledged, agents started or stopped only after it).
         While the store is down the turn only folds and buffers (``runtime.store_buffer``).
         """
+        self._check_lease()
         store = self._buffer.watch
         self.stats.turned(self._clock.monotonic())
         if store.ok and self._clock.monotonic() - self._last_poll >= self._request_poll_s:
@@ -426,6 +495,8 @@ class Orchestrator:
         monotonic = self._clock.monotonic()
         retry_in = self._buffer.watch.retry_in(monotonic)
         if retry_in is not None:  # the store is down: nothing to do before the next try
+            if self.leadership is not None:  # but to step down, once the lease is untrusted
+                retry_in = min(retry_in, self.leadership.trusted_for())
             await self.pool.inbox.wait(retry_in)
             return
         timeout = self._request_poll_s
@@ -434,6 +505,8 @@ class Orchestrator:
         hung_at = self._hung.next_check()
         if hung_at is not None:
             timeout = min(timeout, max(0.0, hung_at - monotonic))
+        if self.leadership is not None:  # wake up to step down, should renewals stop
+            timeout = min(timeout, self.leadership.trusted_for())
         await self.pool.inbox.wait(timeout)
 
     async def _shutdown(self) -> None:
@@ -467,6 +540,8 @@ class Orchestrator:
             ]
         )
         await self._buffer.flush_before_exit()
+        if self.leadership is not None:
+            await self.leadership.release()  # a standby takes over at once
         if self.snapshotter is not None:
             await self.snapshotter.drain()
             await self.snapshotter.take(self.state)
@@ -526,6 +601,10 @@ class Orchestrator:
 
     def running_attempts(self) -> list[AttemptId]:
         return list(self.state.running)
+
+
+class _LeaseLost(Exception):
+    """The loop found its lease no longer trusted (``Leadership.valid``)."""
 
 
 def _never_started(start: AttemptDispatched, reason: StopReason, now: float) -> AttemptFinished:

@@ -15,11 +15,13 @@ protocol with outsiders, not a part of the loop's turn.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from trafficcontrol.domain import snapshot
 from trafficcontrol.domain.events import AttemptStopRequested, RolledBack
 from trafficcontrol.domain.model import StopReason
 from trafficcontrol.domain.requests import (
+    HandoffRequest,
     RollbackRequest,
     SampleRequest,
     SnapshotRequest,
@@ -53,6 +55,8 @@ class RequestsServer:
         self._snapshotter = snapshotter
         self.sampler: Sampler | None = None
         """``tc profile --sample`` (``runtime.sampler``); set by the orchestrator."""
+        self.handoff: Callable[[], RequestResult] | None = None
+        """``tc handoff``; set by the orchestrator."""
 
     async def serve(self, state: State) -> None:
         buffer = self._buffer
@@ -71,6 +75,8 @@ class RequestsServer:
                         result = await self._rollback(state, decoded)
                     case SampleRequest():
                         result = self._sample(decoded.seconds)
+                    case HandoffRequest():
+                        result = self._handoff()
                     case _:
                         event = plan(state, decoded, self._clock.now())
                         if event is not None:
@@ -87,6 +93,11 @@ class RequestsServer:
             except ValueError as exc:  # msgspec.DecodeError: a malformed request row
                 result = RequestResult(ok=False, message=f"malformed request: {exc}")
             buffer.deferred.answers.append((request.id, result))
+
+    def _handoff(self) -> RequestResult:
+        if self.handoff is None:
+            return RequestResult(ok=False, message="this orchestrator cannot hand off")
+        return self.handoff()
 
     def _sample(self, seconds: float) -> RequestResult:
         if self.sampler is None:

@@ -52,7 +52,7 @@ from trafficcontrol.domain.events import AnyEvent, AttemptDispatched
 from trafficcontrol.domain.model import AttemptId, StopReason
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import StoreError
-from trafficcontrol.ports import Clock, Journal, Request, RequestResult
+from trafficcontrol.ports import Clock, Fence, Journal, Request, RequestResult
 from trafficcontrol.runtime.inbox import Inbox
 from trafficcontrol.runtime.stats import LoopStats
 from trafficcontrol.runtime.watchdog import StoreWatch
@@ -89,8 +89,11 @@ class StoreBuffer:
         shutdown_wait_s: float,
         on_fold: Callable[[State, list[AnyEvent]], None] | None = None,
         stats: LoopStats | None = None,
+        fence: Callable[[], Fence | None] | None = None,
     ) -> None:
         self._journal = journal
+        self._fence = fence or (lambda: None)
+        """The lease the writes are fenced by (several instances on one store)."""
         self.stats = stats or LoopStats()
         """Commit durations, and who is told of committed events."""
         self._clock = clock
@@ -227,7 +230,7 @@ class StoreBuffer:
     async def _append(self, events: list[AnyEvent]) -> int:
         """Append one batch in the journal's thread, timed, and tell the listeners."""
         started = self._clock.monotonic()
-        last = await self.blocking(self._journal.append, events)
+        last = await self.blocking(self._journal.append, events, self._fence())
         stats = self.stats
         ended = self._clock.monotonic()
         stats.commit_seconds.observe(ended - started)
@@ -268,7 +271,7 @@ class StoreBuffer:
 
     async def take_requests(self) -> list[Request]:
         """The requests other processes left in the journal (``runtime.requests_server``)."""
-        return await self.blocking(self._journal.take_requests)
+        return await self.blocking(self._journal.take_requests, self._fence())
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn`` on the journal's thread."""

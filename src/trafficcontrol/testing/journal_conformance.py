@@ -128,7 +128,7 @@ def check_seq_is_contiguous_from_one(open_journal: OpenJournal) -> None:
         assert journal.append(_woken(3)) == 3
         assert journal.append(_woken(1, start=3)) == 4
         assert journal.append([]) == 4  # nothing appended: the last seq, unchanged
-        assert journal.append(_woken(2, start=4), epoch=7) == 6
+        assert journal.append(_woken(2, start=4), fence=None) == 6
         assert journal.last_seq() == 6
         assert list(journal.read()) == list(enumerate(_woken(6), start=1))
 

@@ -72,24 +72,45 @@ from trafficcontrol.adapters.stores.pg_schema import (
 )
 from trafficcontrol.adapters.stores.sqlite import Durability
 from trafficcontrol.domain.events import AnyEvent
-from trafficcontrol.errors import StoreError
-from trafficcontrol.ports import Request, RequestResult
+from trafficcontrol.errors import FencedError, StoreError
+from trafficcontrol.ports import Fence, Request, RequestResult
 
 CHUNK = 10_000
 """Events per insert statement (a bigger batch is several, in one transaction)."""
 READ_CHUNK = 5_000
 """Events per query while reading."""
 
+REQUESTS_CHANNEL = "tc_requests"
+"""NOTIFY'd with a request's id when it is posted (the leader takes it at once)."""
+EVENTS_CHANNEL = "tc_events"
+"""NOTIFY'd by every append (standbys fold at once)."""
+LEASES_CHANNEL = "tc_leases"
+"""NOTIFY'd when a lease is released (a standby takes over at once: a handoff)."""
+
 T = TypeVar("T")
 Row = tuple[float, str, bytes]
 """An event as stored: at, type, body."""
 
-_APPEND = """
-WITH head AS (
+_FENCE = """
+    SELECT 1 FROM leases
+    WHERE shard = %(shard)s AND holder = %(holder)s AND epoch = %(epoch)s
+        AND expires_at > clock_timestamp()
+"""
+"""The writer's lease, current and unexpired (see the design note on fencing)."""
+_FENCED = """
+    CASE WHEN %(shard)s::text IS NULL
+        THEN NOT EXISTS (SELECT 1 FROM leases WHERE expires_at > clock_timestamp())
+        ELSE EXISTS (SELECT 1 FROM fence)
+    END
+"""
+_APPEND = f"""
+WITH fence AS ({_FENCE} FOR SHARE
+), head AS (
     UPDATE journal_head
     SET seq = seq + %(n)s::bigint,
         run_state = coalesce(%(run_state)s::text, run_state),
         last_append = %(token)s::bytea
+    WHERE {_FENCED}
     RETURNING seq
 ), written AS (
     INSERT INTO events (seq, epoch, at, type, body)
@@ -98,12 +119,14 @@ WITH head AS (
         unnest(%(ats)s::float8[], %(types)s::text[], %(bodies)s::bytea[])
         WITH ORDINALITY AS e(at, type, body, n)
 )
-SELECT seq FROM head
+SELECT seq, pg_notify('{EVENTS_CHANNEL}', '') FROM head
 """
 _READ = "SELECT seq, body FROM events WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
-_TAKE = """
+_TAKE = f"""
+WITH fence AS ({_FENCE})
 UPDATE requests SET taken = true
 WHERE id IN (SELECT id FROM requests WHERE NOT taken ORDER BY id FOR UPDATE SKIP LOCKED)
+    AND (%(shard)s::text IS NULL OR EXISTS (SELECT 1 FROM fence))
 RETURNING id, kind, body
 """
 _SET_TIMEOUTS = (
@@ -152,7 +175,7 @@ class PostgresJournal:
             raise
 
     # -- the journal ------------------------------------------------------------------
-    def append(self, events: Sequence[AnyEvent], epoch: int = 0) -> int:
+    def append(self, events: Sequence[AnyEvent], fence: Fence | None = None) -> int:
         rows = [(e.at, str(type(e).__struct_config__.tag), encode(e)) for e in events]
         if not rows and not self._in_doubt:
             return self.last_seq()
@@ -161,34 +184,59 @@ class PostgresJournal:
         try:
             with translated(self._target, "append to the journal"):
                 if self._in_doubt:
-                    last = self._write(conn, lambda: self._resolve(conn, rows, epoch, token), True)
+                    last = self._write(conn, lambda: self._resolve(conn, rows, fence, token), True)
                     self._in_doubt.clear()
                     return last
                 many = len(rows) > CHUNK
-                return self._write(conn, lambda: self._insert(conn, rows, epoch, token), many)
+                return self._write(conn, lambda: self._insert(conn, rows, fence, token), many)
         except StoreError:
             if conn.closed:  # it died with the append sent: it may have committed
                 self._in_doubt.append(_InDoubt(token, tuple(r[2] for r in rows)))
             raise
 
-    def _insert(self, conn: Connection, rows: list[Row], epoch: int, token: bytes) -> int:
+    def _insert(self, conn: Connection, rows: list[Row], fence: Fence | None, token: bytes) -> int:
         last = None
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start : start + CHUNK]
             params = {
+                **_fence_params(fence),
                 "n": len(chunk),
                 "run_state": _run_state(chunk),
                 "token": token,
-                "epoch": epoch,
                 "ats": [r[0] for r in chunk],
                 "types": [r[1] for r in chunk],
                 "bodies": [r[2] for r in chunk],
             }
             last = conn.execute(_APPEND, params).fetchone()
-        assert last is not None  # UPDATE of the one head row always returns it
+            if last is None:  # the head row is updated unless the fence refused it
+                raise self._fenced(conn, fence)
+        assert last is not None
         return int(last[0])
 
-    def _resolve(self, conn: Connection, rows: list[Row], epoch: int, token: bytes) -> int:
+    def _fenced(self, conn: Connection, fence: Fence | None) -> FencedError:
+        """Why the head refused an append: whose lease is current."""
+        rows = conn.execute(
+            "SELECT shard, holder, epoch, expires_at > clock_timestamp() FROM leases ORDER BY shard"
+        ).fetchall()
+        held = [f"{r[0]!r} by {r[1]} at epoch {r[2]}" for r in rows if r[3]]
+        if fence is None:
+            return FencedError(
+                f"{self.where}: refused an unfenced append: the lease on shard"
+                f" {', '.join(held)} is held (write through the orchestrator that holds it)"
+            )
+        current = next((r for r in rows if r[0] == fence.shard), None)
+        if current is None:
+            now = "no lease was ever taken on it"
+        elif current[3] and (current[1], current[2]) != (fence.holder, fence.epoch):
+            now = f"it is held by {current[1]} at epoch {current[2]}"
+        else:
+            now = f"the lease (epoch {current[2]}) has expired"
+        return FencedError(
+            f"{self.where}: refused an append from {fence.holder} at epoch {fence.epoch} on"
+            f" shard {fence.shard!r}: {now}"
+        )
+
+    def _resolve(self, conn: Connection, rows: list[Row], fence: Fence | None, token: bytes) -> int:
         """Append after an append in doubt (see the design note). In a transaction."""
         head = conn.execute("SELECT seq, last_append FROM journal_head FOR UPDATE").fetchone()
         assert head is not None
@@ -205,7 +253,7 @@ class PostgresJournal:
                     retryable=False,
                 )
             rows = rows[n:]
-        return self._insert(conn, rows, epoch, token) if rows else seq
+        return self._insert(conn, rows, fence, token) if rows else seq
 
     def read(self, after: int = 0) -> Iterator[tuple[int, AnyEvent]]:
         with translated(self._target, "read the journal"):
@@ -241,14 +289,16 @@ class PostgresJournal:
         assert row is not None
         return int(row[0])
 
-    def take_requests(self) -> list[Request]:
+    def take_requests(self, fence: Fence | None = None) -> list[Request]:
         conn = self._connection()
         with translated(self._target, "take requests"):
             if self._target.pooled:  # a write costs four round trips there: look first
                 row = conn.execute("SELECT EXISTS (SELECT 1 FROM requests WHERE NOT taken)")
                 if not (found := row.fetchone()) or not found[0]:
                     return []
-            rows = self._write(conn, lambda: conn.execute(_TAKE, binary=True).fetchall())
+            rows = self._write(
+                conn, lambda: conn.execute(_TAKE, _fence_params(fence), binary=True).fetchall()
+            )
         return [Request(id=r[0], kind=r[1], body=r[2]) for r in sorted(rows)]
 
     def finish_request(self, request_id: int, result: RequestResult) -> None:
@@ -278,11 +328,21 @@ class PostgresJournal:
         """Call ``wake`` (from a thread of its own) whenever a request is posted: LISTEN
         on a session connection of its own. Behind a transaction pooler LISTEN does not
         work: nothing is done and the loop's polling alone serves requests."""
+        return self._listening((REQUESTS_CHANNEL,), wake, "tc-requests-listener")
+
+    def on_append(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` whenever events are appended or a lease is released (a standby
+        folds, or takes over, at once); as ``on_request`` otherwise."""
+        return self._listening((EVENTS_CHANNEL, LEASES_CHANNEL), wake, "tc-events-listener")
+
+    def _listening(
+        self, channels: tuple[str, ...], wake: Callable[[], None], name: str
+    ) -> Callable[[], None]:
         if self._target.pooled:
             return lambda: None
         stop = threading.Event()
         thread = threading.Thread(
-            target=self._listen, args=(wake, stop), name="tc-requests-listener", daemon=True
+            target=self._listen, args=(channels, wake, stop), name=name, daemon=True
         )
         thread.start()
 
@@ -292,13 +352,16 @@ class PostgresJournal:
 
         return stop_listening
 
-    def _listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+    def _listen(
+        self, channels: tuple[str, ...], wake: Callable[[], None], stop: threading.Event
+    ) -> None:
         """LISTEN until ``stop``; a lost connection is opened again (wake once then: a
         notification may have been missed), at most every second."""
         while not stop.is_set():
             try:
                 with connect(self._target) as conn:
-                    conn.execute(f"LISTEN {_CHANNEL}")
+                    for channel in channels:
+                        conn.execute(f"LISTEN {channel}")
                     wake()
                     while not stop.is_set():
                         for _note in conn.notifies(timeout=0.5, stop_after=1):
@@ -343,12 +406,17 @@ class PostgresJournal:
         return 0 if row is None else int(row[0])
 
 
-_CHANNEL = "tc_requests"
 _POST = (
     "WITH posted AS (INSERT INTO requests(kind, body) VALUES (%s, %s) RETURNING id)"
-    f" SELECT id, pg_notify('{_CHANNEL}', id::text) FROM posted"
+    f" SELECT id, pg_notify('{REQUESTS_CHANNEL}', id::text) FROM posted"
 )
 """A request and its notification in one statement (sent to listeners at commit)."""
+
+
+def _fence_params(fence: Fence | None) -> dict[str, object]:
+    if fence is None:
+        return {"shard": None, "holder": None, "epoch": 0}
+    return {"shard": fence.shard, "holder": fence.holder, "epoch": fence.epoch}
 
 
 def _run_state(rows: Sequence[Row]) -> str | None:

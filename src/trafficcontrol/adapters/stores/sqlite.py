@@ -6,7 +6,8 @@ batches every event that arrived while the previous commit ran into the next cal
 which is the group commit. ``durability="process"`` (synchronous=NORMAL) survives a
 crash of the process; ``"power"`` (synchronous=FULL) also survives power loss, at
 the cost of an fsync per commit. Sequence numbers are assigned here, contiguous from
-1; ``epoch`` is stored for fencing by later stores.
+1. SQLite has no leases: one orchestrator per file, kept so by the run lock
+(``run_lock``); a fence passed to ``append`` is only recorded (its epoch, per event).
 
 Readers in other processes (``tc status`` while ``tc run`` works) see committed
 events only; WAL lets them read while the writer writes.
@@ -23,7 +24,7 @@ from typing import Literal
 from trafficcontrol.adapters.stores.codec import decode, encode
 from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.errors import StoreError
-from trafficcontrol.ports import Request, RequestResult
+from trafficcontrol.ports import Fence, Request, RequestResult
 
 Durability = Literal["process", "power"]
 SCHEMA_VERSION = 1
@@ -80,7 +81,8 @@ class SqliteJournal:
                 f"{self.path}: journal schema {row[0]} is not the supported {SCHEMA_VERSION}"
             )
 
-    def append(self, events: Sequence[AnyEvent], epoch: int = 0) -> int:
+    def append(self, events: Sequence[AnyEvent], fence: Fence | None = None) -> int:
+        epoch = 0 if fence is None else fence.epoch
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -137,7 +139,7 @@ class SqliteJournal:
             )
         return int(cursor.lastrowid or 0)
 
-    def take_requests(self) -> list[Request]:
+    def take_requests(self, fence: Fence | None = None) -> list[Request]:
         # Polled several times a second: a plain read first, so an empty inbox never
         # takes the write lock.
         if self._db.execute("SELECT 1 FROM requests WHERE taken = 0 LIMIT 1").fetchone() is None:

@@ -1,0 +1,139 @@
+"""``tc cluster`` (who leads, who stands by, how far behind) and ``tc handoff`` (hand
+the lead to a standby without stopping the agents): several ``tc run`` on one
+PostgreSQL store."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from trafficcontrol.bootstrap import App
+from trafficcontrol.cli import formats
+from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, fail, make_app, out, report
+from trafficcontrol.domain.requests import HandoffRequest
+from trafficcontrol.ports import InstanceInfo, LeaseInfo
+
+GONE_AFTER_S = 30.0
+"""An instance not heard of for this long is shown as gone."""
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``cluster`` and ``handoff`` to ``app`` (once, however often it is called)."""
+    names = {command.name for command in app.registered_commands}
+    if "cluster" not in names:
+        app.command("cluster")(cluster_command)
+    if "handoff" not in names:
+        app.command("handoff")(handoff_command)
+
+
+def _leases_of(app_: App) -> tuple[list[LeaseInfo], list[InstanceInfo]]:
+    if app_.on_sqlite:
+        fail(
+            "this home's store is SQLite: one tc run, no cluster (set [run] store or --store"
+            " to a postgresql:// URL to run several)"
+        )
+    leases = app_.leases()
+    return leases.leases(), leases.instances()
+
+
+def cluster_dict(leases: list[LeaseInfo], instances: list[InstanceInfo]) -> dict[str, Any]:
+    head = max((i.beat.seq for i in instances if i.beat.role == "leader"), default=None)
+    return {
+        "leases": [
+            {
+                "shard": lease.shard,
+                "holder": lease.holder,
+                "epoch": lease.epoch,
+                "live": lease.live,
+                "expires_in_s": round(lease.expires_at - lease.store_now, 3),
+                "acquired_at": formats.stamp(lease.acquired_at),
+            }
+            for lease in leases
+        ],
+        "instances": [
+            {
+                "instance": i.beat.instance,
+                "host": i.beat.host,
+                "pid": i.beat.pid,
+                "role": i.beat.role if i.store_now - i.seen_at <= GONE_AFTER_S else "gone",
+                "version": i.beat.version,
+                "seq": i.beat.seq,
+                "lag_events": None if head is None else max(0, head - i.beat.seq),
+                "seen_s_ago": round(i.store_now - i.seen_at, 3),
+                "started_at": formats.stamp(i.started_at),
+                "details": i.beat.details,
+            }
+            for i in instances
+        ],
+    }
+
+
+def cluster_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Instances sharing this store: roles, lease epoch, how far each has read."""
+    app_ = make_app(home)
+    try:
+        data = cluster_dict(*_leases_of(app_))
+    finally:
+        app_.close()
+    if as_json:
+        emit_json(data)
+        return
+    leases = Table("shard", "leader", "epoch", "lease", title="Leases")
+    for lease in data["leases"]:
+        state = f"expires in {lease['expires_in_s']:.1f}s" if lease["live"] else "free"
+        leases.add_row(lease["shard"], lease["holder"], str(lease["epoch"]), state)
+    instances = Table("instance", "role", "host", "pid", "version", "seq", "lag", "seen")
+    for i in data["instances"]:
+        lag = "-" if i["lag_events"] is None else f"{i['lag_events']} events"
+        instances.add_row(
+            i["instance"],
+            i["role"],
+            i["host"],
+            str(i["pid"]),
+            i["version"],
+            str(i["seq"]),
+            lag,
+            f"{i['seen_s_ago']:.1f}s ago",
+        )
+    out.print(leases if data["leases"] else "no lease was ever taken on this store")
+    out.print(instances if data["instances"] else "no instance has reported")
+
+
+def handoff_command(
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+    wait_s: Annotated[
+        float, typer.Option(help="How long to wait for a standby to take the lead.")
+    ] = 30.0,
+) -> None:
+    """Hand the lead to a standby: the leader stops dispatching, leaves its agents
+    running, journals its stop and releases its lease; a standby adopts the agents."""
+    app_ = make_app(home)
+    try:
+        before, _ = _leases_of(app_)
+        result = app_.request(HandoffRequest())
+        if not result.ok or as_json:
+            report(result, as_json=as_json, what="handoff")
+            return
+        out.print(result.message)
+        old = {lease.shard: lease.epoch for lease in before}
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            taken = [
+                lease
+                for lease in app_.leases().leases()
+                if lease.live
+                and lease.epoch > old.get(lease.shard, 0)
+                and not lease.holder.startswith("tc-cli:")
+            ]
+            if taken:
+                for lease in taken:
+                    out.print(f"{lease.holder} leads now (epoch {lease.epoch})")
+                return
+            time.sleep(0.1)  # waiting on other processes: nothing to await
+        fail(f"no standby took the lead within {wait_s:g}s (is one running?)")
+    finally:
+        app_.close()
