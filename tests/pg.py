@@ -178,9 +178,6 @@ class FatalServer:
                 client, _ = self._listener.accept()
             except TimeoutError:
                 continue
-            if self._partitioned.is_set():
-                client.close()
-                continue
             with client, contextlib.suppress(OSError):  # a client that gave up
                 client.settimeout(5)
                 while True:  # an SSL or GSS encryption request first, maybe: refuse it

@@ -49,6 +49,7 @@ from trafficcontrol.domain.workflows import WorkflowSpec
 from trafficcontrol.errors import BacklogError, ConfigError, StoreError, TrafficControlError
 from trafficcontrol.ports import AgentBackend, Clock, Fence, Journal, Leases, RequestResult
 from trafficcontrol.runtime.lead import Lead
+from trafficcontrol.runtime.leadership import boottime
 from trafficcontrol.runtime.member import SHARD, Member
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.recovery import interrupt_leftovers
@@ -266,6 +267,7 @@ class App:
             finally:
                 lock.release()
             return
+        self.home.root.mkdir(parents=True, exist_ok=True)  # as the run lock makes it on SQLite
         leases = self.leases()
         holder = f"tc-cli:{socket.gethostname()}:{os.getpid()}"
         grant = leases.acquire(SHARD, holder, CLI_LEASE_TTL_S)
@@ -298,6 +300,7 @@ class App:
             poll_s=cluster.standby_poll_s,
             version=__version__,
             on_role=on_role,
+            lease_clock=boottime,
         )
 
     # -- requests ------------------------------------------------------------------------

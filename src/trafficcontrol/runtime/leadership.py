@@ -6,8 +6,10 @@ a clock it trusts. A renewal sent at monotonic time ``t`` and granted means the 
 extended the lease to at least ``t + ttl`` of real time (the store's clock read the
 time after we sent, whatever the wall clocks say), so the lease is trusted until
 ``t + ttl * TRUST`` on our monotonic clock — a clock that keeps counting while the
-process is stopped (SIGSTOP, a VM pause), so a leader that wakes up late finds its
-deadline passed before it does anything, never acting on an expired lease. ``TRUST``
+process is stopped (SIGSTOP) and, being ``CLOCK_BOOTTIME`` (``boottime``), while the
+machine is suspended, which ``time.monotonic`` does not count — so a leader that wakes
+up late finds its deadline passed before it does anything, never acting on an expired
+lease. ``TRUST``
 leaves a fifth of the TTL for the monotonic clock running slow and the first action
 after the check. Renewals go every ``ttl / 3``: two can fail before the lease is
 distrusted. The orchestrator asks ``valid()`` at every turn and steps down when it is
@@ -21,6 +23,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from trafficcontrol.errors import StoreError
@@ -34,6 +37,17 @@ RENEW_EVERY = 1 / 3
 """Renewals per TTL: every third of it."""
 
 
+def boottime() -> float:
+    """Seconds on a monotonic clock that also counts system suspend (Linux
+    ``CLOCK_BOOTTIME``; ``time.monotonic`` elsewhere)."""
+    if _BOOTTIME is None:
+        return time.monotonic()
+    return time.clock_gettime(_BOOTTIME)
+
+
+_BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 class Leadership:
     def __init__(
         self,
@@ -44,11 +58,15 @@ class Leadership:
         asked_at: float,
         version: str = "",
         seq: Callable[[], int] = lambda: 0,
+        lease_clock: Callable[[], float] | None = None,
     ) -> None:
-        """``asked_at``: the monotonic time the ``acquire`` that made ``grant`` was sent."""
+        """``asked_at``: the ``lease_clock`` time the ``acquire`` that made ``grant`` was
+        sent. ``lease_clock``: a monotonic clock that counts while the machine sleeps
+        (``boottime``; default: ``clock.monotonic``)."""
         self._leases = leases
         self.grant = grant
         self._clock = clock
+        self._monotonic = lease_clock or clock.monotonic
         self._deadline = asked_at + grant.ttl_s * TRUST
         self.lost: str | None = None
         """Why the lease is lost (None: held)."""
@@ -69,7 +87,7 @@ class Leadership:
 
     def valid(self) -> bool:
         """The lease may be acted on now. Once false, false for good."""
-        if self.lost is None and self._clock.monotonic() >= self._deadline:
+        if self.lost is None and self._monotonic() >= self._deadline:
             self._lose("not renewed in time: the lease can no longer be trusted")
         return self.lost is None
 
@@ -77,7 +95,7 @@ class Leadership:
         """Seconds until the lease stops being trusted (0 once lost)."""
         if not self.valid():
             return 0.0
-        return max(0.0, self._deadline - self._clock.monotonic())
+        return max(0.0, self._deadline - self._monotonic())
 
     def fenced(self, error: StoreError) -> None:
         """The store refused a write of ours: another leads, or the lease expired."""
@@ -91,7 +109,7 @@ class Leadership:
             await self._clock.sleep(min(interval, self.trusted_for()))
             if not self.valid():
                 return
-            asked = self._clock.monotonic()
+            asked = self._monotonic()
             try:
                 renewed = await asyncio.to_thread(self._leases.renew, self.grant)
             except StoreError as exc:

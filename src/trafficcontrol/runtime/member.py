@@ -37,7 +37,9 @@ class Member:
         version: str,
         on_role: Callable[[str, str], None] = lambda role, detail: None,
         shard: str = SHARD,
+        lease_clock: Callable[[], float] | None = None,
     ) -> None:
+        self._lease_clock = lease_clock
         self._make = make
         self._journal = journal
         self._leases = leases
@@ -99,6 +101,7 @@ class Member:
                 ttl_s=self.ttl_s,
                 poll_s=self.poll_s,
                 version=self.version,
+                lease_clock=self._lease_clock,
             )
             self.standby = standby
             if self._stopping:
@@ -116,6 +119,7 @@ class Member:
                 asked_at=takeover.asked_at,
                 version=self.version,
                 seq=lambda o=orchestrator: o.state.seq,  # type: ignore[misc]
+                lease_clock=self._lease_clock,
             )
             self._set_role("leader", f"epoch {takeover.grant.epoch}")
             if self._stopping:

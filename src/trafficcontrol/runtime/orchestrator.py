@@ -587,6 +587,8 @@ class Orchestrator:
     def _act(self) -> None:
         """Stop and start the agents that waited for the journal (``StoreBuffer`` calls
         this once the buffer is durable)."""
+        if self.leadership is not None and not self.leadership.valid():
+            return  # a slow commit outlived the lease: the next turn steps down, acting on none
         deferred = self._buffer.deferred
         stops, starts = deferred.stops, deferred.starts
         deferred.stops, deferred.starts = [], []

@@ -36,7 +36,7 @@ T = TypeVar("T")
 class Takeover:
     grant: LeaseGrant
     asked_at: float
-    """Monotonic time the winning ``acquire`` was sent (``Leadership``'s deadline)."""
+    """Lease-clock time the winning ``acquire`` was sent (``Leadership``'s deadline)."""
 
 
 class Standby:
@@ -52,8 +52,10 @@ class Standby:
         ttl_s: float,
         poll_s: float,
         version: str = "",
+        lease_clock: Callable[[], float] | None = None,
     ) -> None:
         self._journal = journal
+        self._monotonic = lease_clock or clock.monotonic
         self._leases = leases
         self._clock = clock
         self.state = state
@@ -63,6 +65,7 @@ class Standby:
         self.poll_s = poll_s
         self._version = version
         self._wake = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
         self._stopping = False
         self.leader: str | None = None
         """Who holds the lease, as last seen."""
@@ -94,7 +97,7 @@ class Standby:
             while not self._stopping:
                 self._wake.clear()  # before reading: a wake-up during the read is kept
                 await self._catch_up()
-                asked = self._clock.monotonic()
+                asked = self._monotonic()
                 grant = await self._try(self._leases.acquire, self.shard, self.holder, self.ttl_s)
                 if grant is not None:
                     await self._catch_up()  # what the old leader wrote before the new epoch
@@ -106,7 +109,9 @@ class Standby:
             return None
         finally:
             if stop_listening is not None:
-                await asyncio.to_thread(stop_listening)
+                # Not awaited: the listener notices within its poll (half a second), and
+                # a takeover must not wait for that.
+                self._closing = asyncio.create_task(asyncio.to_thread(stop_listening))
 
     async def _catch_up(self) -> None:
         def read() -> int:
