@@ -123,3 +123,15 @@ def test_quick_store_bench_runs_every_task_once_and_times_recovery() -> None:
     assert report["recovery"]["events"] >= 19_999
     assert report["recovery"]["start_to_first_dispatch_s"] > 0
     assert set(report["pass"]) == {"floor_ratio", "tasks_per_s", "exactly_once", "recovery_lt_2s"}
+
+
+@pytest.mark.postgres
+def test_quick_failover_bench_measures_each_kill_and_handoff(
+    tmp_path: Path, pg_server: None
+) -> None:
+    report = quick_report("failover", "--tmpdir", str(tmp_path))
+    assert report["kills"] == 3 and len(report["kill_to_dispatch_s"]["all"]) == 3
+    assert report["handoffs"] == 2
+    assert all(g > 0 for g in report["kill_to_dispatch_s"]["all"])
+    assert report["interrupted_attempts"] == 0  # a SIGKILLed leader's agents are adopted too
+    assert report["adopted_attempts"] > 0

@@ -30,6 +30,7 @@ import pytest
 
 from tests.cli_helpers import TC, tc
 from tests.helpers import AGENT
+from tests.http_helpers import served
 from tests.pg import CuttingProxy, admin, url_of
 from trafficcontrol.adapters.stores.postgres import PostgresJournal
 from trafficcontrol.domain.decide import SchedulerConfig
@@ -189,7 +190,11 @@ class Cluster:
         assert Counter(e.attempt_id for e in ends) == Counter({e.attempt_id: 1 for e in dispatched})
         assert verify_journal(events, SchedulerConfig(max_agents=AGENTS), settled=True) == []
         done = Counter(line[1] for line in self._ledger() if line[0] == "END")
-        assert sorted(t for t, n in done.items() if n > 1) == [], "an agent ran twice"
+        twice = sorted(t for t, n in done.items() if n > 1)
+        assert twice == [], (
+            f"agents ran twice: {twice}; ledger {[l for l in self._ledger() if l[1] in twice]};"
+            f" journal {[e for e in events if getattr(e, 'attempt_id', '').split('#')[0] in twice]}"
+        )
         return events
 
 
@@ -294,3 +299,42 @@ def test_handoff_under_load_restarts_no_agent(cluster: Callable[..., Cluster]) -
     started = Counter(line[1] for line in c._ledger() if line[0] == "START")
     assert set(started.values()) == {1}, "every agent started once"
     assert any(isinstance(e, AttemptAdopted) for e in events), "b adopted a's running agents"
+
+
+def test_readyz_and_the_cluster_api_say_who_leads_and_how_far_the_standby_is(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TC_STORE", pg_url)
+    (tmp_path / "b.toml").write_text(
+        '[[projects]]\nid = "p"\npath = "p"\nagent = "sim"\n'
+        '[[tasks]]\nid = "t1"\nproject = "p"\nprompt = "p"\n'
+    )
+    (tmp_path / "p").mkdir()
+    homes = [tmp_path / "a", tmp_path / "b"]
+    for home in homes:
+        home.mkdir()
+        (home / "config.toml").write_text("[cluster]\nstandby_poll_s = 0.05\n")
+    tc("submit", str(tmp_path / "b.toml"), home=homes[0])
+    with served(homes[0]) as a:
+        wait_until("a to lead", lambda: a.get("/readyz").json().get("role") == "leader")
+        with served(homes[1]) as b:
+            wait_until("b to stand by", lambda: b.get("/readyz").json().get("role") == "standby")
+            leader, standby = a.get("/readyz"), b.get("/readyz")
+            assert leader.status_code == 200 and standby.status_code == 200
+            assert leader.json()["epoch"] == standby.json()["epoch"] >= 2  # 1: tc submit
+            assert standby.json()["lag_events"] == 0 and standby.json()["lag_s"] < 5
+            assert standby.json()["following"] is True
+            cluster = b.get("/api/cluster").json()
+            assert cluster["shared"] is True and cluster["this"]["role"] == "standby"
+            (lease,) = cluster["leases"]
+            assert lease["live"] and f":{a.process.pid}:" in lease["holder"]
+            roles = {i["pid"]: i["role"] for i in cluster["instances"]}
+            assert roles[a.process.pid] == "leader" and roles[b.process.pid] == "standby"
+
+
+def wait_until(what: str, condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)  # another process's state: nothing to await

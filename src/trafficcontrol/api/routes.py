@@ -28,6 +28,7 @@ from trafficcontrol.adapters.backlog_file import parse_backlog
 from trafficcontrol.api.source import Source
 from trafficcontrol.cli import views
 from trafficcontrol.cli.capacity_report import capacity_report
+from trafficcontrol.cli.cluster_report import cluster_dict
 from trafficcontrol.cli.formats import when
 from trafficcontrol.cli.health_report import health_report
 from trafficcontrol.cli.profile_report import profile_dict
@@ -342,6 +343,16 @@ async def get_dag(ctx: Context, _request: Request) -> Response:
     )
 
 
+async def get_cluster(ctx: Context, _request: Request) -> Response:
+    """``tc cluster --json``, with this instance's own view (role, epoch, lag)."""
+    members = await ctx.source.members()
+    data: dict[str, Any] = {"shared": members is not None, "leases": [], "instances": []}
+    if members is not None:
+        data.update(cluster_dict(*members))
+    data["this"] = ctx.source.cluster() or {"role": ctx.source.role}
+    return ok(data)
+
+
 async def get_profile(ctx: Context, _request: Request) -> Response:
     """``tc profile --json`` of the journal, with this process's own operation spans."""
     events = await ctx.source.journal()
@@ -467,6 +478,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/events", get_events, "The journal's recent events", EVENT_PARAMS),
     Route("GET", "/api/dag", get_dag, "Tasks and their dependencies"),
     Route("GET", "/api/profile", get_profile, "The profiler's summary"),
+    Route(
+        "GET", "/api/cluster", get_cluster, "Leases and instances on a shared store (tc cluster)"
+    ),
     Route(
         "POST",
         "/api/tasks/{task_id}/cancel",

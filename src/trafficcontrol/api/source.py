@@ -26,7 +26,7 @@ from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.requests import AnyRequest
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import TrafficControlError
-from trafficcontrol.ports import RequestResult
+from trafficcontrol.ports import InstanceInfo, LeaseInfo, RequestResult
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.stats import LoopStats
 from trafficcontrol.runtime.watchdog import Health
@@ -62,6 +62,9 @@ class Source(Protocol):
     async def journal(self) -> list[AnyEvent]:
         """Every journaled event, read on a thread of its own (the profile's input)."""
 
+    async def members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+        """The store's leases and instances (None: a SQLite store, no cluster)."""
+
 
 class _Requests:
     """``App.request`` on one thread of its own (the SQLite connection it opens must
@@ -92,6 +95,18 @@ class _Requests:
     async def journal(self) -> list[AnyEvent]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._read)
+
+    def _members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+        if self._app is None:
+            self._app = self._make_app()
+        if self._app.on_sqlite:
+            return None
+        leases = self._app.leases()
+        return leases.leases(), leases.instances()
+
+    async def members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._members)
 
     def close(self) -> None:
         def close_app() -> None:
@@ -148,6 +163,9 @@ class OrchestratorSource:
     async def journal(self) -> list[AnyEvent]:
         return await self._requests.journal()
 
+    async def members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+        return await self._requests.members()
+
     def close(self) -> None:
         if self.hub.publish in self.stats.listeners:
             self.stats.listeners.remove(self.hub.publish)
@@ -192,6 +210,9 @@ class JournalFollower:
 
     async def journal(self) -> list[AnyEvent]:
         return await self._requests.journal()
+
+    async def members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+        return await self._requests.members()
 
     def _read_state(self) -> State:
         self._reader = self._make_app()

@@ -5,19 +5,16 @@ PostgreSQL store."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from trafficcontrol.bootstrap import App
-from trafficcontrol.cli import formats
 from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, fail, make_app, out, report
+from trafficcontrol.cli.cluster_report import cluster_dict
 from trafficcontrol.domain.requests import HandoffRequest
 from trafficcontrol.ports import InstanceInfo, LeaseInfo
-
-GONE_AFTER_S = 30.0
-"""An instance not heard of for this long is shown as gone."""
 
 
 def register(app: typer.Typer) -> None:
@@ -37,38 +34,6 @@ def _leases_of(app_: App) -> tuple[list[LeaseInfo], list[InstanceInfo]]:
         )
     leases = app_.leases()
     return leases.leases(), leases.instances()
-
-
-def cluster_dict(leases: list[LeaseInfo], instances: list[InstanceInfo]) -> dict[str, Any]:
-    head = max((i.beat.seq for i in instances if i.beat.role == "leader"), default=None)
-    return {
-        "leases": [
-            {
-                "shard": lease.shard,
-                "holder": lease.holder,
-                "epoch": lease.epoch,
-                "live": lease.live,
-                "expires_in_s": round(lease.expires_at - lease.store_now, 3),
-                "acquired_at": formats.stamp(lease.acquired_at),
-            }
-            for lease in leases
-        ],
-        "instances": [
-            {
-                "instance": i.beat.instance,
-                "host": i.beat.host,
-                "pid": i.beat.pid,
-                "role": i.beat.role if i.store_now - i.seen_at <= GONE_AFTER_S else "gone",
-                "version": i.beat.version,
-                "seq": i.beat.seq,
-                "lag_events": None if head is None else max(0, head - i.beat.seq),
-                "seen_s_ago": round(i.store_now - i.seen_at, 3),
-                "started_at": formats.stamp(i.started_at),
-                "details": i.beat.details,
-            }
-            for i in instances
-        ],
-    }
 
 
 def cluster_command(home: HomeOption = None, as_json: JsonOption = False) -> None:

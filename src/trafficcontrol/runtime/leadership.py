@@ -105,6 +105,7 @@ class Leadership:
         """Renew every third of the TTL until the lease is lost or this task is
         cancelled; a heartbeat rides along with each renewal."""
         interval = self.grant.ttl_s * RENEW_EVERY
+        await self._beat()  # the cluster learns of the new leader at once
         while self.valid():
             await self._clock.sleep(min(interval, self.trusted_for()))
             if not self.valid():

@@ -10,9 +10,12 @@ dropped and the member goes back to following the journal with a new one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
+from trafficcontrol.errors import StoreError
 from trafficcontrol.ports import Clock, Journal, Leases
 from trafficcontrol.runtime.leadership import Leadership
 from trafficcontrol.runtime.orchestrator import Orchestrator
@@ -88,6 +91,14 @@ class Member:
 
     async def run(self, *, until_idle: bool) -> Orchestrator:
         """Until the backlog is done (``until_idle``) or ``stop()``; the last orchestrator."""
+        try:
+            return await self._cycle(until_idle=until_idle)
+        finally:
+            if self.orchestrator is not None:  # tc cluster forgets it at once
+                with contextlib.suppress(StoreError):
+                    await asyncio.to_thread(self._leases.forget, self.orchestrator.instance)
+
+    async def _cycle(self, *, until_idle: bool) -> Orchestrator:
         while True:
             orchestrator, self._prepared = self._prepared or self._make(), None
             self.orchestrator = orchestrator

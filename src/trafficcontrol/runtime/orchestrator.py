@@ -326,6 +326,7 @@ class Orchestrator:
         if self.leadership is not None:
             leadership = self.leadership
             leadership.on_lost = self.pool.inbox.poke
+            self.pool.may_act = leadership.valid
             self._keeping = asyncio.create_task(leadership.keep(), name="lease")
         if isinstance(self._journal, RequestNotifier):
             loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -202,6 +202,9 @@ class AgentPool:
         """Seconds from "task ready" to "agent started", when recording."""
         self.stats: LoopStats | None = None
         """Where dispatch latency is counted (the orchestrator's ``LoopStats``)."""
+        self.may_act: Callable[[], bool] = lambda: True
+        """Asked right before an agent is started: False once the orchestrator's lease
+        is no longer trusted (``runtime.leadership``)."""
 
     def command_event(self, command: Command, now: float) -> IntentEvent:
         return command_event(command, now, self._logs_root)
@@ -458,6 +461,16 @@ class AgentPool:
                 self.latencies.append(latency)
             if self.stats is not None:
                 self.stats.dispatch_latency_seconds.observe(max(0.0, latency))
+        if not self.may_act():
+            # The lease went while the attempt was being prepared (the process was stopped,
+            # say): the next leader accounts for this attempt; starting it now could run its
+            # task beside the next leader's retry.
+            return AttemptFinished(
+                at=self._clock.now(),
+                attempt_id=event.attempt_id,
+                outcome=Outcome.INTERRUPTED,
+                error="not started: this orchestrator lost its lease",
+            )
         result = await backend.run(request, reporter)
         return self._finished(event, result, step)
 
