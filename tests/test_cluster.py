@@ -192,7 +192,7 @@ class Cluster:
         done = Counter(line[1] for line in self._ledger() if line[0] == "END")
         twice = sorted(t for t, n in done.items() if n > 1)
         assert twice == [], (
-            f"agents ran twice: {twice}; ledger {[l for l in self._ledger() if l[1] in twice]};"
+            f"agents ran twice: {twice}; ledger {[line for line in self._ledger() if line[1] in twice]};"
             f" journal {[e for e in events if getattr(e, 'attempt_id', '').split('#')[0] in twice]}"
         )
         return events
