@@ -191,10 +191,9 @@ class Cluster:
         assert verify_journal(events, SchedulerConfig(max_agents=AGENTS), settled=True) == []
         done = Counter(line[1] for line in self._ledger() if line[0] == "END")
         twice = sorted(t for t, n in done.items() if n > 1)
-        assert twice == [], (
-            f"agents ran twice: {twice}; ledger {[line for line in self._ledger() if line[1] in twice]};"
-            f" journal {[e for e in events if getattr(e, 'attempt_id', '').split('#')[0] in twice]}"
-        )
+        ran = [line for line in self._ledger() if line[1] in twice]
+        theirs = [e for e in events if getattr(e, "attempt_id", "").split("#")[0] in twice]
+        assert twice == [], f"agents ran twice: {twice}; ledger {ran}; journal {theirs}"
         return events
 
 
