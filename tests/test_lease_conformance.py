@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.pg import admin
+from trafficcontrol.adapters.stores import pg_schema
 from trafficcontrol.adapters.stores.pg_leases import PgLeases
 from trafficcontrol.adapters.stores.postgres import PostgresJournal
+from trafficcontrol.errors import StoreError
 from trafficcontrol.ports import Journal, Leases
 from trafficcontrol.testing.lease_conformance import CHECKS, FENCE_CHECKS, Check, check_id
 from trafficcontrol.testing.memory_leases import LeaseTable, MemoryLeases
@@ -110,3 +112,25 @@ def test_fencing(check: Check, pg_url: str) -> None:
         check(world)
     finally:
         world.close()
+
+
+@pytest.mark.postgres
+def test_a_newer_version_does_not_migrate_a_store_another_version_leads_on(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = PgLeases(pg_url)
+    try:
+        grant = leases.acquire("main", "old-host:123:abcd", 30.0)
+        assert grant is not None
+        shipped = pg_schema.migrations()
+        future = pg_schema.Migration(len(shipped) + 1, "future", "CREATE TABLE future (x int);")
+        monkeypatch.setattr(pg_schema, "migrations", lambda: (*shipped, future))
+        with pytest.raises(StoreError, match="old-host:123:abcd leads on it") as refused:
+            PostgresJournal(pg_url)
+        assert "stop every tc run on it, then tc db migrate" in refused.value.message
+        assert pg_schema.schema_status(pg_url) == (len(shipped), len(shipped) + 1)
+        leases.release(grant)  # nobody leads: the upgrade goes ahead
+        PostgresJournal(pg_url).close()
+        assert pg_schema.schema_status(pg_url) == (len(shipped) + 1, len(shipped) + 1)
+    finally:
+        leases.close()

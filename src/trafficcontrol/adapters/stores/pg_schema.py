@@ -349,6 +349,8 @@ def apply_migrations(conn: Connection, pg: PgTarget) -> tuple[int, int]:
         if current > latest():
             raise newer_schema(pg, current)
         if current < latest():
+            _refuse_under_a_leader(conn, pg, current)
+        if current < latest():
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
                 " version integer PRIMARY KEY,"
@@ -364,6 +366,24 @@ def apply_migrations(conn: Connection, pg: PgTarget) -> tuple[int, int]:
                 (migration.version, migration.name),
             )
     return current, latest()
+
+
+def _refuse_under_a_leader(conn: Connection, pg: PgTarget, current: int) -> None:
+    """Instances of another version sharing this store: an orchestrator that leads now
+    runs on the old schema, and would meet tables changed under it."""
+    if conn.execute("SELECT to_regclass('leases') IS NOT NULL").fetchone() != (True,):
+        return
+    row = conn.execute(
+        "SELECT holder, epoch FROM leases WHERE expires_at > clock_timestamp()"
+        " AND holder NOT LIKE 'tc-cli:%' LIMIT 1"
+    ).fetchone()
+    if row is not None:
+        raise StoreError(
+            f"{pg.where}: schema version {current} is older than this tc's ({latest()}) and"
+            f" {row[0]} leads on it (epoch {row[1]}): versions with different schemas do not"
+            " share a store; stop every tc run on it, then tc db migrate",
+            retryable=False,
+        )
 
 
 def schema_status(target: str | Connection) -> tuple[int, int]:
