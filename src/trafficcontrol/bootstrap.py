@@ -22,6 +22,7 @@ from trafficcontrol.adapters.agents.anthropic_api import ApiBackend
 from trafficcontrol.adapters.agents.command import CommandBackend
 from trafficcontrol.adapters.agents.launcher import SupervisorLauncher
 from trafficcontrol.adapters.agents.process_group import kill_leftover_group, kill_marked
+from trafficcontrol.adapters.agents.remote import RemoteBackend
 from trafficcontrol.adapters.agents.sim import SimBackend
 from trafficcontrol.adapters.agents.supervised import supervised
 from trafficcontrol.adapters.stores import recovery
@@ -47,7 +48,15 @@ from trafficcontrol.domain.rollback import describe_rollback, plan_rollback
 from trafficcontrol.domain.state import State
 from trafficcontrol.domain.workflows import WorkflowSpec
 from trafficcontrol.errors import BacklogError, ConfigError, StoreError, TrafficControlError
-from trafficcontrol.ports import AgentBackend, Clock, Fence, Journal, Leases, RequestResult
+from trafficcontrol.ports import (
+    AgentBackend,
+    Clock,
+    Fence,
+    Journal,
+    Leases,
+    RequestResult,
+    WorkQueue,
+)
 from trafficcontrol.runtime.lead import Lead
 from trafficcontrol.runtime.leadership import boottime
 from trafficcontrol.runtime.member import SHARD, Member
@@ -55,6 +64,7 @@ from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.recovery import interrupt_leftovers
 from trafficcontrol.runtime.snapshotter import Snapshotter
 from trafficcontrol.runtime.stats import LoopStats
+from trafficcontrol.runtime.worker import Worker
 from trafficcontrol.settings import Settings, load_settings
 
 CLI_LEASE_TTL_S = 60.0
@@ -158,6 +168,7 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self._journal: Journal | None = None
         self._leases: Leases | None = None
+        self._work: WorkQueue | None = None
         self._write_fence: Fence | None = None
         """The lease a write made here without an orchestrator holds (PostgreSQL)."""
         self.last_recovery: recovery.Recovered | None = None
@@ -220,6 +231,9 @@ class App:
         if self._leases is not None:
             self._leases.close()
             self._leases = None
+        if self._work is not None:
+            self._work.close()
+            self._work = None
 
     def snapshot_files(self) -> SnapshotStore:
         return SnapshotStore(
@@ -407,6 +421,24 @@ class App:
 
     # -- running --------------------------------------------------------------------------
     def backends(self) -> dict[str, AgentBackend]:
+        """Every backend a leader may use: this machine's, and on a shared store the same
+        names with ``@workers`` (run by ``tc worker`` elsewhere)."""
+        backends = self.backends_here()
+        if not self.on_sqlite:  # a shared store: "<name>@workers" runs on tc worker machines
+            cluster = self.settings.cluster
+            for name in ("command", "claude", "sim", "api"):
+                remote = RemoteBackend(
+                    name,
+                    self.work_queue(),
+                    self.clock,
+                    poll_s=cluster.worker_poll_s,
+                    lost_after_s=cluster.worker_lost_after_s,
+                )
+                backends[remote.name] = remote
+        return backends
+
+    def backends_here(self) -> dict[str, AgentBackend]:
+        """The backends that run agents on this machine."""
         grace = self.settings.run.grace_s
         backends: dict[str, AgentBackend] = {
             "sim": SimBackend(clock=self.clock, seed=self.settings.sim.seed),
@@ -427,6 +459,45 @@ class App:
                 )
         backends["api"] = ApiBackend(environ=self.environ, clock=self.clock)
         return backends
+
+    def work_queue(self) -> WorkQueue:
+        """Attempts queued for workers (PostgreSQL only)."""
+        if self.on_sqlite:
+            raise ConfigError(
+                "workers need a PostgreSQL store (tc worker --store postgresql://...)"
+            )
+        if self._work is None:
+            self.journal()  # creates or upgrades the schema the queue lives in
+            from trafficcontrol.adapters.stores.pg_work import PgWorkQueue
+
+            self._work = PgWorkQueue(self.store_url)
+        return self._work
+
+    def worker(self, *, host_id: str, checkouts: Mapping[str, Path], max_agents: int) -> Worker:
+        """``tc worker``: this machine's agents for the attempts a leader queues."""
+        local = App(
+            self.home,
+            environ=self.environ,
+            settings=msgspec.structs.replace(
+                self.settings,
+                run=msgspec.structs.replace(self.settings.run, supervise_agents=False),
+            ),
+            clock=self.clock,
+        )
+        backends = local.backends_here()
+        return Worker(
+            queue=self.work_queue(),
+            backends=backends,
+            workspaces=GitWorkspaces(self.home.worktrees),
+            checkouts=checkouts,
+            logs_dir=self.home.logs,
+            host_id=host_id,
+            max_agents=max_agents,
+            clock=self.clock,
+            kill_marked=self._kill_marked,
+            version=__version__,
+            poll_s=self.settings.cluster.worker_poll_s,
+        )
 
     def orchestrator(
         self, *, record_latency: bool = False, stats: LoopStats | None = None

@@ -209,6 +209,14 @@ class SessionHandoff(Protocol):
         ...
 
 
+@runtime_checkable
+class PreparesOwnWorkspace(Protocol):
+    """A backend whose agents run elsewhere and make their own workspace there: the
+    runtime makes none (``request.workdir`` is then the project's path, for reference)."""
+
+    prepares_workspace: bool
+
+
 # -- workspaces ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Workspace:
@@ -414,6 +422,103 @@ class Leases(Protocol):
         ...
 
     def instances(self) -> list[InstanceInfo]: ...
+
+    def close(self) -> None: ...
+
+
+# -- workers on other machines (a shared store) -------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WorkReport:
+    """One thing a worker's agent reported while it ran (``AttemptReporter``'s calls)."""
+
+    kind: str
+    """session, rate_limit or turn."""
+    session_id: str | None = None
+    window: str | None = None
+    status: str | None = None
+    utilization: float | None = None
+    resets_at: float | None = None
+    model: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkProgress:
+    """An attempt queued for workers, as the leader follows it."""
+
+    reports: list[tuple[int, WorkReport]]
+    """Reports after the one asked from, numbered 1, 2, ... per attempt."""
+    state: str
+    """queued, running or done."""
+    worker: str | None
+    silent_s: float | None
+    """Seconds since its worker was last heard of about it (store clock; None: queued)."""
+    result: AgentResult | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    host_id: str
+    projects: list[str]
+    max_agents: int
+    running: int
+    version: str
+    seen_s_ago: float
+
+
+@runtime_checkable
+class WorkQueue(Protocol):
+    """Attempts the leader hands to workers on other machines, and what they report.
+    Blocking calls; the store's clock decides who is silent."""
+
+    # the leader's side
+    def put(self, request: AgentRequest, backend: str, epoch: int) -> None:
+        """Queue an attempt for a worker running ``backend`` (idempotent by attempt)."""
+        ...
+
+    def progress(self, attempt_id: str, after: int) -> WorkProgress | None:
+        """None: no such attempt was ever queued."""
+        ...
+
+    def ask_stop(self, attempt_id: str, reason: str) -> None: ...
+
+    def give_up(self, attempt_id: str, result: AgentResult, silent_s: float) -> AgentResult | None:
+        """End an attempt whose worker has been silent ``silent_s`` (or that no worker
+        claimed) with ``result``; the worker's own result if it finished first; None
+        when it is neither done nor silent that long."""
+        ...
+
+    def find(self, log_path: str) -> tuple[str, str] | None:
+        """(attempt id, state) of the attempt queued with ``log_path`` (None: never)."""
+        ...
+
+    def workers(self) -> list[WorkerInfo]: ...
+
+    # the worker's side
+    def register(
+        self, host_id: str, projects: list[str], max_agents: int, version: str
+    ) -> None: ...
+
+    def claim(
+        self, host_id: str, projects: list[str], backends: list[str], n: int
+    ) -> list[tuple[str, AgentRequest]]:
+        """Up to ``n`` queued attempts of ``projects`` for ``backends``, each claimed by one
+        worker only (``FOR UPDATE SKIP LOCKED``): (backend, request)."""
+        ...
+
+    def report(self, attempt_id: str, n: int, report: WorkReport) -> None: ...
+
+    def beat(self, host_id: str, attempt_ids: list[str]) -> dict[str, str]:
+        """Heartbeat of the worker and its attempts; the stops asked for them."""
+        ...
+
+    def finish(self, host_id: str, attempt_id: str, result: AgentResult) -> bool:
+        """False: the leader gave up on it first (the result is dropped)."""
+        ...
+
+    def mine(self, host_id: str) -> list[AgentRequest]:
+        """Attempts this worker had claimed and not finished (a restart's leftovers)."""
+        ...
 
     def close(self) -> None: ...
 

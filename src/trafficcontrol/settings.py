@@ -129,12 +129,19 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     that hangs or is cut off, within this."""
     standby_poll_s: float = 0.25
     """How often a standby tries the lease and, without LISTEN/NOTIFY, reads the journal."""
+    worker_lost_after_s: float = 15.0
+    """An attempt whose worker (``tc worker``) has not reported on it for this long is
+    given up and retried (the store's clock)."""
+    worker_poll_s: float = 0.2
+    """How often a worker looks for queued attempts, and the leader for their progress."""
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.lease_ttl_s <= 3600:
             raise ValueError("cluster.lease_ttl_s must be between 0.5 and 3600")
         if not 0.01 <= self.standby_poll_s <= self.lease_ttl_s:
             raise ValueError("cluster.standby_poll_s must be between 0.01 and lease_ttl_s")
+        if not 0.01 <= self.worker_poll_s < self.worker_lost_after_s:
+            raise ValueError("cluster.worker_poll_s must be >= 0.01 and < worker_lost_after_s")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

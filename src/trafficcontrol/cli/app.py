@@ -665,6 +665,7 @@ def main() -> None:
         serve,
         simulate,
         snapshots,
+        worker,
         workflow,
     )
 
@@ -677,6 +678,7 @@ def main() -> None:
     profile.register(app)
     db.register(app)
     cluster.register(app)
+    worker.register(app)
     try:
         app()
     except TrafficControlError as exc:  # one line, whatever command met it (a bad store)

@@ -31,7 +31,14 @@ from trafficcontrol.domain.capacity.windows import Window, windows_for
 from trafficcontrol.domain.heaps import iter_sorted
 from trafficcontrol.domain.interrupts import resumable
 from trafficcontrol.domain.locks import TentativeLocks
-from trafficcontrol.domain.model import AttemptId, ProjectId, StopReason, TaskId, TaskState
+from trafficcontrol.domain.model import (
+    AttemptId,
+    ProjectId,
+    StopReason,
+    TaskId,
+    TaskState,
+    base_backend,
+)
 from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.rotation import RotationConfig, rotation_stops
 from trafficcontrol.domain.state import State, model_key, task_size
@@ -158,7 +165,7 @@ def route_for(
         pinned, pinned_by = resumed.model, f"the interrupted attempt {resumed.id} (same session)"
         if pinned is None:
             return Route(family=model_family(None), model=None, reason="resumed", firm=True)
-    elif pinned is None and backend not in config.routed_backends:
+    elif pinned is None and base_backend(backend) not in config.routed_backends:
         return Route(family=model_family(None), model=None, reason=f"{backend} default", firm=True)
     ratio = config.routing.scarce_ratio
     step_tier: tuple[str, ModelFamily] | None = None

@@ -294,3 +294,13 @@ def lock_name(resource: str) -> tuple[str, bool]:
     if resource.endswith(SHARED_SUFFIX):
         return resource[: -len(SHARED_SUFFIX)], True
     return resource, False
+
+
+WORKERS = "@workers"
+"""A backend name's suffix for attempts run by ``tc worker`` on another machine
+(``claude@workers``): the same agent, run elsewhere; the leader decides as for its own."""
+
+
+def base_backend(name: str) -> str:
+    """``claude@workers`` -> ``claude``: the agent a backend name runs."""
+    return name.removesuffix(WORKERS)

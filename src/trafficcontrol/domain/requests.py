@@ -18,7 +18,14 @@ from trafficcontrol.domain.events import (
     TaskCancelRequested,
     TaskRetryRequested,
 )
-from trafficcontrol.domain.model import ProjectSpec, TaskId, TaskSpec, TaskState
+from trafficcontrol.domain.model import (
+    WORKERS,
+    ProjectSpec,
+    TaskId,
+    TaskSpec,
+    TaskState,
+    base_backend,
+)
 from trafficcontrol.domain.state import State
 from trafficcontrol.domain.workflows import WorkflowSpec
 from trafficcontrol.domain.workflows import validate as validate_workflow
@@ -85,18 +92,18 @@ def _check_ids_and_backends(projects: list[ProjectSpec], tasks: list[TaskSpec]) 
     for project in projects:
         if not _ID.fullmatch(project.id):
             problems.append(f"project id {project.id!r}: use letters, digits, '.', '_', '-'")
-        if project.agent not in BACKENDS:
+        if base_backend(project.agent) not in BACKENDS:
             problems.append(
                 f"project {project.id!r}: unknown agent {project.agent!r}"
-                f" (one of {', '.join(sorted(BACKENDS))})"
+                f" (one of {', '.join(sorted(BACKENDS))}, each also as NAME{WORKERS})"
             )
     for task in tasks:
         if not _ID.fullmatch(task.id):
             problems.append(f"task id {task.id!r}: use letters, digits, '.', '_', '-'")
-        if task.agent is not None and task.agent not in BACKENDS:
+        if task.agent is not None and base_backend(task.agent) not in BACKENDS:
             problems.append(
                 f"task {task.id!r}: unknown agent {task.agent!r}"
-                f" (one of {', '.join(sorted(BACKENDS))})"
+                f" (one of {', '.join(sorted(BACKENDS))}, each also as NAME{WORKERS})"
             )
     return problems
 

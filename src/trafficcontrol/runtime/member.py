@@ -117,7 +117,10 @@ class Member:
             self.standby = standby
             if self._stopping:
                 return orchestrator
-            self._set_role("standby", "following the journal")
+            self.role = "standby"
+            standby.on_waiting = lambda s=standby: self._set_role(  # type: ignore[misc]
+                "standby", f"following the journal; {s.leader or 'another instance'} leads"
+            )
             takeover = await standby.run()
             self.standby = None
             if takeover is None:

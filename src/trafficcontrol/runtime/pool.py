@@ -47,7 +47,13 @@ from trafficcontrol.domain.events import (
 )
 from trafficcontrol.domain.failures import DEFAULT_RULES, FailureRule, classify
 from trafficcontrol.domain.interrupts import continues, settings_of
-from trafficcontrol.domain.model import AttemptId, FailureEvidence, Outcome, StopReason
+from trafficcontrol.domain.model import (
+    AttemptId,
+    FailureEvidence,
+    Outcome,
+    StopReason,
+    base_backend,
+)
 from trafficcontrol.domain.records import AttemptRecord
 from trafficcontrol.domain.rotation import RotationConfig, with_handoff
 from trafficcontrol.domain.state import State
@@ -61,6 +67,7 @@ from trafficcontrol.ports import (
     Clock,
     Leftover,
     LongLivedBackend,
+    PreparesOwnWorkspace,
     Workspace,
     Workspaces,
 )
@@ -97,7 +104,7 @@ def classified(event: AttemptFinished, rules: Sequence[FailureRule] = ()) -> Att
 def dispatched_event(command: Dispatch, now: float, logs_root: str) -> AttemptDispatched:
     """The event that journals a dispatch; the log file is ``<logs>/<task>/<n>.log``
     (``.jsonl`` for claude). A plain string: pathlib costs more than it helps here."""
-    suffix = ".jsonl" if command.backend == "claude" else ".log"
+    suffix = ".jsonl" if base_backend(command.backend) == "claude" else ".log"
     return AttemptDispatched(
         at=now,
         attempt_id=command.attempt_id,
@@ -398,7 +405,9 @@ class AgentPool:
             workspace = Workspace(
                 path=Path(carried.workdir), branch=carried.branch, base_commit=carried.base_commit
             )
-        elif project.is_git:
+        elif project.is_git and not isinstance(
+            self._backends.get(event.backend), PreparesOwnWorkspace
+        ):
             started = self._clock.monotonic()
             workspace = await asyncio.to_thread(
                 self._workspaces.prepare, project, spec.id, event.attempt_no

@@ -74,6 +74,10 @@ class Standby:
         """The journal's last seq, as last seen."""
         self.caught_up_at: float | None = None
         """Epoch seconds the folded state last equalled the journal's head."""
+        self.waiting = False
+        """The lease was held by another at least once: this instance stands by."""
+        self.on_waiting: Callable[[], None] = lambda: None
+        """Told once, when the lease is first found held by another."""
 
     def stop(self) -> None:
         self._stopping = True
@@ -104,6 +108,9 @@ class Standby:
                     log.warning("lease_taken shard=%s epoch=%d", self.shard, grant.epoch)
                     return Takeover(grant, asked)
                 await self._look()
+                if not self.waiting:
+                    self.waiting = True
+                    self.on_waiting()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
             return None
