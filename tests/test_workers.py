@@ -11,6 +11,7 @@ leader never prepared a worktree itself.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -189,6 +190,11 @@ def test_two_workers_share_the_attempts_and_each_task_runs_once(
     # Each ran in worktrees of its own checkout, never in the leader's project directory.
     for name in ("w1", "w2"):
         assert any((s.home(name) / "worktrees").rglob("README.md")), f"{name} made no worktree"
+    cluster = json.loads(tc("cluster", "--json", home=s.home("leader"), env=s.env()).stdout)
+    workers = {w["host_id"]: w for w in cluster["workers"]}
+    assert set(workers) == {"w1", "w2"}
+    assert all(w["projects"] == ["repo"] and w["max_agents"] == 2 for w in workers.values())
+    assert not any(w["gone"] for w in workers.values())
 
 
 def test_a_lost_worker_s_attempts_are_retried_on_another(site: Callable[..., Site]) -> None:

@@ -26,10 +26,13 @@ from trafficcontrol.domain.events import AnyEvent
 from trafficcontrol.domain.requests import AnyRequest
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import TrafficControlError
-from trafficcontrol.ports import InstanceInfo, LeaseInfo, RequestResult
+from trafficcontrol.ports import InstanceInfo, LeaseInfo, RequestResult, WorkerInfo
 from trafficcontrol.runtime.orchestrator import Orchestrator
 from trafficcontrol.runtime.stats import LoopStats
 from trafficcontrol.runtime.watchdog import Health
+
+Members = tuple[list[LeaseInfo], list[InstanceInfo], list[WorkerInfo]]
+"""A shared store's leases, instances and workers."""
 
 
 class Source(Protocol):
@@ -62,8 +65,8 @@ class Source(Protocol):
     async def journal(self) -> list[AnyEvent]:
         """Every journaled event, read on a thread of its own (the profile's input)."""
 
-    async def members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
-        """The store's leases and instances (None: a SQLite store, no cluster)."""
+    async def members(self) -> Members | None:
+        """The store's leases, instances and workers (None: a SQLite store, alone)."""
 
 
 class _Requests:
@@ -96,15 +99,15 @@ class _Requests:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._read)
 
-    def _members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+    def _members(self) -> Members | None:
         if self._app is None:
             self._app = self._make_app()
         if self._app.on_sqlite:
             return None
         leases = self._app.leases()
-        return leases.leases(), leases.instances()
+        return leases.leases(), leases.instances(), self._app.work_queue().workers()
 
-    async def members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+    async def members(self) -> Members | None:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._members)
 
@@ -163,7 +166,7 @@ class OrchestratorSource:
     async def journal(self) -> list[AnyEvent]:
         return await self._requests.journal()
 
-    async def members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+    async def members(self) -> Members | None:
         return await self._requests.members()
 
     def close(self) -> None:
@@ -211,7 +214,7 @@ class JournalFollower:
     async def journal(self) -> list[AnyEvent]:
         return await self._requests.journal()
 
-    async def members(self) -> tuple[list[LeaseInfo], list[InstanceInfo]] | None:
+    async def members(self) -> Members | None:
         return await self._requests.members()
 
     def _read_state(self) -> State:

@@ -14,7 +14,7 @@ from trafficcontrol.bootstrap import App
 from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, fail, make_app, out, report
 from trafficcontrol.cli.cluster_report import cluster_dict
 from trafficcontrol.domain.requests import HandoffRequest
-from trafficcontrol.ports import InstanceInfo, LeaseInfo
+from trafficcontrol.ports import InstanceInfo, LeaseInfo, WorkerInfo
 
 
 def register(app: typer.Typer) -> None:
@@ -26,14 +26,14 @@ def register(app: typer.Typer) -> None:
         app.command("handoff")(handoff_command)
 
 
-def _leases_of(app_: App) -> tuple[list[LeaseInfo], list[InstanceInfo]]:
+def _leases_of(app_: App) -> tuple[list[LeaseInfo], list[InstanceInfo], list[WorkerInfo]]:
     if app_.on_sqlite:
         fail(
             "this home's store is SQLite: one tc run, no cluster (set [run] store or --store"
             " to a postgresql:// URL to run several)"
         )
     leases = app_.leases()
-    return leases.leases(), leases.instances()
+    return leases.leases(), leases.instances(), app_.work_queue().workers()
 
 
 def cluster_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
@@ -65,6 +65,18 @@ def cluster_command(home: HomeOption = None, as_json: JsonOption = False) -> Non
         )
     out.print(leases if data["leases"] else "no lease was ever taken on this store")
     out.print(instances if data["instances"] else "no instance has reported")
+    if data["workers"]:
+        workers = Table("worker", "projects", "agents", "version", "seen", title="Workers")
+        for w in data["workers"]:
+            seen = "gone" if w["gone"] else f"{w['seen_s_ago']:.1f}s ago"
+            workers.add_row(
+                w["host_id"],
+                ", ".join(w["projects"]),
+                f"{w['running']}/{w['max_agents']}",
+                w["version"],
+                seen,
+            )
+        out.print(workers)
 
 
 def handoff_command(
@@ -78,7 +90,7 @@ def handoff_command(
     running, journals its stop and releases its lease; a standby adopts the agents."""
     app_ = make_app(home)
     try:
-        before, _ = _leases_of(app_)
+        before, _instances, _workers = _leases_of(app_)
         result = app_.request(HandoffRequest())
         if not result.ok or as_json:
             report(result, as_json=as_json, what="handoff")

@@ -1,12 +1,12 @@
-"""What ``tc cluster --json`` and ``GET /api/cluster`` say: the leases of a shared store
-and the instances' heartbeats, as plain data."""
+"""What ``tc cluster --json`` and ``GET /api/cluster`` say: the leases of a shared store,
+the instances' heartbeats and the workers', as plain data."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from trafficcontrol.cli import formats
-from trafficcontrol.ports import InstanceInfo, LeaseInfo
+from trafficcontrol.ports import InstanceInfo, LeaseInfo, WorkerInfo
 
 GONE_AFTER_S = 30.0
 """An instance not heard of for this long is shown as gone."""
@@ -22,7 +22,11 @@ def role_of(instance: InstanceInfo, leases: list[LeaseInfo]) -> str:
     return instance.beat.role
 
 
-def cluster_dict(leases: list[LeaseInfo], instances: list[InstanceInfo]) -> dict[str, Any]:
+def cluster_dict(
+    leases: list[LeaseInfo],
+    instances: list[InstanceInfo],
+    workers: list[WorkerInfo] | None = None,
+) -> dict[str, Any]:
     head = max((i.beat.seq for i in instances if i.beat.role == "leader"), default=None)
     return {
         "leases": [
@@ -50,5 +54,17 @@ def cluster_dict(leases: list[LeaseInfo], instances: list[InstanceInfo]) -> dict
                 "details": i.beat.details,
             }
             for i in instances
+        ],
+        "workers": [
+            {
+                "host_id": w.host_id,
+                "projects": w.projects,
+                "max_agents": w.max_agents,
+                "running": w.running,
+                "version": w.version,
+                "seen_s_ago": round(w.seen_s_ago, 3),
+                "gone": w.seen_s_ago > GONE_AFTER_S,
+            }
+            for w in workers or []
         ],
     }
