@@ -157,8 +157,8 @@ def test_unknown_agent_on_a_project_and_on_a_task() -> None:
     gpt = ProjectSpec(id=ProjectId("p"), path="/virtual/p", agent="gpt")
     problems = refused(State(), request(task("a", project=gpt.id, agent="codex"), projects=(gpt,)))
     assert problems == [
-        "project 'p': unknown agent 'gpt' (one of api, claude, command, sim)",
-        "task 'a': unknown agent 'codex' (one of api, claude, command, sim)",
+        "project 'p': unknown agent 'gpt' (one of api, claude, command, sim, each also as NAME@workers)",
+        "task 'a': unknown agent 'codex' (one of api, claude, command, sim, each also as NAME@workers)",
     ]
 
 
