@@ -156,10 +156,10 @@ def test_bad_project_id() -> None:
 def test_unknown_agent_on_a_project_and_on_a_task() -> None:
     gpt = ProjectSpec(id=ProjectId("p"), path="/virtual/p", agent="gpt")
     problems = refused(State(), request(task("a", project=gpt.id, agent="codex"), projects=(gpt,)))
-    KNOWN = "one of api, claude, command, sim, each also as NAME@workers"  # noqa: N806
+    known = "one of api, claude, command, sim, each also as NAME@workers"
     assert problems == [
-        f"project 'p': unknown agent 'gpt' ({KNOWN})",
-        f"task 'a': unknown agent 'codex' ({KNOWN})",
+        f"project 'p': unknown agent 'gpt' ({known})",
+        f"task 'a': unknown agent 'codex' ({known})",
     ]
 
 
