@@ -46,15 +46,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+from bench.store import scratch_database
+
 TC = [sys.executable, "-m", "trafficcontrol"]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 TTL_S = 2.0
@@ -65,18 +64,6 @@ def progress(message: str) -> None:
 
 
 # -- the database ----------------------------------------------------------------------
-@contextmanager
-def local_database() -> Iterator[str]:
-    name = f"tcbench_failover_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _as_postgres(*argv: str) -> subprocess.CompletedProcess[str]:
     command = argv if os.geteuid() != 0 else ("runuser", "-u", "postgres", "--", *argv)
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
@@ -502,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kinds=args.kinds.split(","),
             )
         else:
-            with local_database() as url:
+            with scratch_database() as url:
                 result = run_failovers(
                     Path(tmp), url, kills=args.kills, handoffs=args.handoffs, agents=args.agents
                 )

@@ -14,8 +14,9 @@ Checks close what they open; they never sleep. ``FENCE_CHECKS`` need a journal.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Protocol
 
@@ -50,13 +51,23 @@ class LeaseWorld(Protocol):
 Check = Callable[[LeaseWorld], None]
 
 
+@contextlib.contextmanager
+def _two(world: LeaseWorld) -> Iterator[tuple[Leases, Leases]]:
+    """Two instances' sessions on the store, closed afterwards."""
+    a, b = world.open(), world.open()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
 def _woken(n: int, start: int = 0) -> list[AnyEvent]:
     return [TaskWoken(at=float(i), task_id=TaskId(f"t{i}")) for i in range(start, start + n)]
 
 
 def check_one_holder_at_a_time(world: LeaseWorld) -> None:
-    a, b = world.open(), world.open()
-    try:
+    with _two(world) as (a, b):
         grant = a.acquire("main", "a", TTL)
         assert grant is not None and grant.epoch == 1 and grant.holder == "a"
         assert grant.expires_at > grant.store_now
@@ -64,14 +75,10 @@ def check_one_holder_at_a_time(world: LeaseWorld) -> None:
         assert a.acquire("main", "a2", TTL) is None  # even the same session: it is held
         [info] = b.leases()
         assert (info.shard, info.holder, info.epoch, info.live) == ("main", "a", 1, True)
-    finally:
-        a.close()
-        b.close()
 
 
 def check_renew_extends_only_the_grant(world: LeaseWorld) -> None:
-    a, b = world.open(), world.open()
-    try:
+    with _two(world) as (a, b):
         grant = a.acquire("main", "a", TTL)
         assert grant is not None
         renewed = a.renew(grant)
@@ -79,14 +86,10 @@ def check_renew_extends_only_the_grant(world: LeaseWorld) -> None:
         assert renewed.expires_at >= grant.expires_at
         assert b.renew(replace(grant, holder="b")) is None
         assert a.renew(replace(grant, epoch=2)) is None
-    finally:
-        a.close()
-        b.close()
 
 
 def check_expiry_hands_over_with_a_new_epoch(world: LeaseWorld) -> None:
-    a, b = world.open(), world.open()
-    try:
+    with _two(world) as (a, b):
         old = a.acquire("main", "a", TTL)
         assert old is not None
         world.expire("main")
@@ -95,14 +98,10 @@ def check_expiry_hands_over_with_a_new_epoch(world: LeaseWorld) -> None:
         assert new is not None and new.epoch == old.epoch + 1
         assert a.renew(old) is None
         assert a.acquire("main", "a", TTL) is None
-    finally:
-        a.close()
-        b.close()
 
 
 def check_release_frees_at_once(world: LeaseWorld) -> None:
-    a, b = world.open(), world.open()
-    try:
+    with _two(world) as (a, b):
         grant = a.acquire("main", "a", TTL)
         assert grant is not None
         b.release(replace(grant, holder="b"))  # not b's: no effect
@@ -111,14 +110,10 @@ def check_release_frees_at_once(world: LeaseWorld) -> None:
         taken = b.acquire("main", "b", TTL)
         assert taken is not None and taken.epoch == 2
         assert a.renew(grant) is None
-    finally:
-        a.close()
-        b.close()
 
 
 def check_a_dead_holder_is_replaced_before_expiry(world: LeaseWorld) -> None:
-    a, b = world.open(), world.open()
-    try:
+    with _two(world) as (a, b):
         grant = a.acquire("main", "a", TTL)
         assert grant is not None
         world.end_session(a)
@@ -130,14 +125,10 @@ def check_a_dead_holder_is_replaced_before_expiry(world: LeaseWorld) -> None:
             assert exc.retryable
             renewed = a.renew(grant)
         assert renewed is None
-    finally:
-        a.close()
-        b.close()
 
 
 def check_shards_are_independent(world: LeaseWorld) -> None:
-    a, b = world.open(), world.open()
-    try:
+    with _two(world) as (a, b):
         one = a.acquire("p1", "a", TTL)
         two = b.acquire("p2", "b", TTL)
         assert one is not None and two is not None and one.epoch == two.epoch == 1
@@ -146,9 +137,6 @@ def check_shards_are_independent(world: LeaseWorld) -> None:
         assert a.renew(replace(two, holder="a")) is None
         assert b.renew(two) is not None
         assert [(i.shard, i.holder) for i in a.leases()] == [("p1", "b"), ("p2", "b")]
-    finally:
-        a.close()
-        b.close()
 
 
 def check_concurrent_acquires_grant_once(world: LeaseWorld) -> None:

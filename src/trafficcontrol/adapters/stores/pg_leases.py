@@ -27,13 +27,12 @@ and the next call reconnects (and renews with the new session's pid).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from psycopg.types.json import Jsonb
 
-from trafficcontrol.adapters.stores.pg_schema import Connection, connect, parse_url, translated
+from trafficcontrol.adapters.stores.pg_schema import Connection, OneConnection, parse_url
 from trafficcontrol.errors import StoreError
 from trafficcontrol.ports import InstanceBeat, InstanceInfo, LeaseGrant, LeaseInfo
 
@@ -110,9 +109,7 @@ class PgLeases:
     def __init__(self, url: str, *, busy_timeout_s: float = 5.0) -> None:
         self._target = parse_url(url, busy_timeout_s=busy_timeout_s)
         self.where = self._target.where
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
-        self._closed = False
+        self._db = OneConnection(self._target, "the leases are")
 
     def acquire(self, shard: str, holder: str, ttl_s: float) -> LeaseGrant | None:
         _check_ttl(ttl_s)
@@ -174,11 +171,7 @@ class PgLeases:
         return [_instance(r) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._db.close()
 
     # -- plumbing ---------------------------------------------------------------------
     def _session(self) -> dict[str, Any]:
@@ -186,15 +179,7 @@ class PgLeases:
         return {"session": not self._target.pooled}
 
     def _run(self, doing: str, work: Callable[[Connection], T]) -> T:
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"{self.where}: the leases are closed", retryable=False)
-            with translated(self._target, doing):
-                if self._conn is None or self._conn.closed:
-                    if self._conn is not None:
-                        self._conn.close()
-                    self._conn = connect(self._target)
-                return work(self._conn)
+        return self._db.run(doing, work)
 
 
 def _check_ttl(ttl_s: float) -> None:

@@ -50,11 +50,12 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
@@ -62,6 +63,8 @@ from psycopg import conninfo
 
 from trafficcontrol.adapters.stores.urls import mask_secrets
 from trafficcontrol.errors import StoreError
+
+T = TypeVar("T")
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 POOLER_PORT = "6543"
@@ -416,3 +419,35 @@ def _opened(target: str | Connection) -> Iterator[tuple[Connection, PgTarget]]:
         yield conn, pg
     finally:
         conn.close()
+
+
+class OneConnection:
+    """One connection of its own, opened on first use and again after it was lost, used
+    by one thread at a time (the leases', the work queue's)."""
+
+    def __init__(self, target: PgTarget, what: str) -> None:
+        self.target = target
+        self._what = what
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._closed = False
+
+    def run(self, doing: str, work: Callable[[Connection], T]) -> T:
+        """``work`` on the connection; driver errors become ``StoreError``s (retryable
+        when the connection was lost: the next call reconnects)."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self.target.where}: {self._what} closed", retryable=False)
+            with translated(self.target, doing):
+                if self._conn is None or self._conn.closed:
+                    if self._conn is not None:
+                        self._conn.close()
+                    self._conn = connect(self.target)
+                return work(self._conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -16,15 +16,13 @@ One connection, one thread at a time, as the journal's.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
-from trafficcontrol.adapters.stores.pg_schema import Connection, connect, parse_url, translated
-from trafficcontrol.errors import StoreError
+from trafficcontrol.adapters.stores.pg_schema import Connection, OneConnection, parse_url
 from trafficcontrol.ports import (
     AgentRequest,
     AgentResult,
@@ -113,9 +111,7 @@ class PgWorkQueue:
     def __init__(self, url: str, *, busy_timeout_s: float = 10.0) -> None:
         self._target = parse_url(url, busy_timeout_s=busy_timeout_s)
         self.where = self._target.where
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
-        self._closed = False
+        self._db = OneConnection(self._target, "the work queue is")
 
     # -- the leader's side ---------------------------------------------------------------
     def put(self, request: AgentRequest, backend: str, epoch: int) -> None:
@@ -245,19 +241,7 @@ class PgWorkQueue:
         return [_requests.decode(r[0]) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._db.close()
 
     def _run(self, doing: str, work: Callable[[Connection], T]) -> T:
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"{self.where}: the work queue is closed", retryable=False)
-            with translated(self._target, doing):
-                if self._conn is None or self._conn.closed:
-                    if self._conn is not None:
-                        self._conn.close()
-                    self._conn = connect(self._target)
-                return work(self._conn)
+        return self._db.run(doing, work)
