@@ -281,9 +281,15 @@ def test_agents_on_two_workers_never_overshoot_the_capacity_window(
             proc.kill()
             proc.wait()
     (session,) = [w for w in capacity["windows"] if w["window"] == "session/all"]
-    assert 0 < session["used_units"] <= session["limit"]["effective"] * 0.95
-    assert capacity["limit_hits"]["count"] == 0
+    # Reservations stop at 95%; what an attempt really uses may pass its reservation a
+    # little, never the window.
+    assert 0 < session["used_units"] <= session["limit"]["effective"], session
+    assert capacity["limit_hits"]["count"] == 0, capacity["limit_hits"]
     with admin(pg_url.rpartition("/")[2]) as conn:
-        ran = dict(conn.execute("SELECT worker, count(*) FROM work GROUP BY worker").fetchall())
+        ran = dict(
+            conn.execute(
+                "SELECT worker, count(*) FROM work WHERE state = 'done' GROUP BY worker"
+            ).fetchall()
+        )
     assert set(ran) == {"w1", "w2"}, ran
-    assert sum(ran.values()) == counts["done"] < 20
+    assert sum(ran.values()) == counts["done"] < 20, (ran, counts)
