@@ -286,6 +286,9 @@ def test_handoff_under_load_restarts_no_agent(cluster: Callable[..., Cluster]) -
     c = cluster(tasks=40)
     a = c.start("a")
     c.wait("a to lead", c.leads(a))
+    alone = tc("handoff", home=c.home("a"), env=c.env(), check=False)
+    assert alone.returncode == 1 and "no standby is running" in alone.stderr, alone.stderr
+    assert c.lease()[0] == a.pid, "a refused handoff changes nothing"
     b = c.start("b")
     c.wait("b to stand by", c.stands_by(b))
     c.wait("agents to work", lambda: c.ended() >= 5)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from trafficcontrol.bootstrap import App
 from trafficcontrol.cli.app import HomeOption, JsonOption, emit_json, fail, make_app, out, report
-from trafficcontrol.cli.cluster_report import cluster_dict
+from trafficcontrol.cli.cluster_report import cluster_dict, role_of
 from trafficcontrol.domain.requests import HandoffRequest
 from trafficcontrol.ports import InstanceInfo, LeaseInfo, WorkerInfo
 
@@ -85,12 +85,21 @@ def handoff_command(
     wait_s: Annotated[
         float, typer.Option(help="How long to wait for a standby to take the lead.")
     ] = 30.0,
+    force: Annotated[
+        bool, typer.Option(help="Hand off even when no standby is running (the agents wait).")
+    ] = False,
 ) -> None:
     """Hand the lead to a standby: the leader stops dispatching, leaves its agents
     running, journals its stop and releases its lease; a standby adopts the agents."""
     app_ = make_app(home)
     try:
-        before, _instances, _workers = _leases_of(app_)
+        before, instances, _workers = _leases_of(app_)
+        standbys = [i for i in instances if role_of(i, before) == "standby"]
+        if not standbys and not force:
+            fail(
+                "no standby is running to take over: start tc run with the same store"
+                " elsewhere first (or --force: the agents run on until a tc run adopts them)"
+            )
         result = app_.request(HandoffRequest())
         if not result.ok or as_json:
             report(result, as_json=as_json, what="handoff")
