@@ -332,6 +332,9 @@ def test_readyz_and_the_cluster_api_say_who_leads_and_how_far_the_standby_is(
             assert lease["live"] and f":{a.process.pid}:" in lease["holder"]
             roles = {i["pid"]: i["role"] for i in cluster["instances"]}
             assert roles[a.process.pid] == "leader" and roles[b.process.pid] == "standby"
+            page = b.get("/health")
+            assert page.status_code == 200 and 'id="cluster"' in page.text
+            assert 'id="cluster-role">standby' in page.text and lease["holder"] in page.text
 
 
 def wait_until(what: str, condition: Callable[[], bool], timeout_s: float = 60.0) -> None:

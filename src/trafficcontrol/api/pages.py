@@ -402,7 +402,12 @@ def routes(ctx: Context) -> list[BaseRoute]:
         return page("context", "context", data=data, series=series)
 
     async def health(request: Request) -> Response:
-        return page("health", "fragments", report=await _api(api.get_health, ctx, request))
+        return page(
+            "health",
+            "fragments",
+            report=await _api(api.get_health, ctx, request),
+            cluster=await _api(api.get_cluster, ctx, request),
+        )
 
     async def profile(request: Request) -> Response:
         return page("profile", "none", profile=await _api(api.get_profile, ctx, request))
