@@ -167,3 +167,17 @@ async def _appears(path: Path) -> None:
         if path.exists():
             return
         await asyncio.sleep(0.01)
+
+
+async def test_a_supervisor_launched_after_its_attempt_was_given_up_starts_no_agent(
+    tmp_path: Path,
+) -> None:
+    # A later orchestrator found no supervisor and gave the attempt up (find fenced it);
+    # the one that dispatched it, stopped meanwhile, then launches it after all.
+    req = request(tmp_path, "--write", "out.txt=ran")
+    assert backend().find(req.log_path, None, None) is None
+    assert AttemptFiles(req.log_path).fence.exists()
+    result = await backend().run(req, RecordingReporter())
+    assert result.outcome is Outcome.INTERRUPTED, result
+    assert result.error is not None and "given this attempt up" in result.error
+    assert not (tmp_path / "out.txt").exists(), "the agent never ran"

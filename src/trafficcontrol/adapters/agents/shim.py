@@ -111,6 +111,20 @@ async def supervise(spec: Spec, backend: AgentBackend) -> ExitRecord:
     pid = os.getpid()
     # Who we are, for an orchestrator that restarts before our pid reached its journal.
     write_shim_id(files.shim, ShimId(pid=pid, create_time=create_time_of(pid)))
+    # Then, and only then, whether a later orchestrator gave the attempt up: it makes the
+    # fence and then looks for this file, we make this file and then look for the fence,
+    # so at least one of us sees the other (``supervised.SupervisedBackend.find``).
+    if files.fence.exists():
+        record = exit_record_of(
+            AgentResult(
+                outcome=Outcome.INTERRUPTED,
+                error="not started: a later orchestrator had given this attempt up",
+            ),
+            ended_at=time.time(),
+            stopped=False,
+        )
+        write_exit_record(files.exit, record)
+        return record
     reporter = FileReporter(files.reports)
     run = asyncio.create_task(backend.run(request_of(spec), reporter), name="attempt")
     loop = asyncio.get_running_loop()

@@ -203,10 +203,27 @@ class SupervisedBackend:
 
     # -- adoption ----------------------------------------------------------------------
     def find(self, log_path: Path, pid: int | None, create_time: float | None) -> Leftover | None:
+        """As the port says; and an attempt found without a supervisor is fenced first:
+        one still being launched (by a stopped orchestrator, or a dead one's launcher)
+        either is found on the second look or will not start its agent."""
         files = AttemptFiles(log_path)
+        found = self._look(files, pid, create_time)
+        if found is not None:
+            return found
+        try:
+            files.fence.parent.mkdir(parents=True, exist_ok=True)
+            files.fence.touch()
+        except OSError as exc:
+            raise AgentError(f"cannot fence the attempt logging to {log_path}: {exc}") from exc
+        return self._look(files, pid, create_time)
+
+    def _look(
+        self, files: AttemptFiles, pid: int | None, create_time: float | None
+    ) -> Leftover | None:
+        log_path = files.log
         if read_exit_record(files.exit) is not None:
             return Leftover(log_path=log_path, pid=None, create_time=None, finished=True)
-        if not files.spec.exists():
+        if not files.shim.exists() and not files.spec.exists():
             return None  # not started under a supervisor (or long gone)
         candidates = [(pid, create_time)] if pid is not None and create_time else []
         shim = read_shim_id(files.shim)

@@ -76,6 +76,13 @@ class AttemptFiles:
     def stderr(self) -> Path:
         return self.log.with_name(self.log.name + ".supervisor")
 
+    @property
+    def fence(self) -> Path:
+        """Made by an orchestrator that found no supervisor and gives the attempt up: a
+        supervisor launched late (by an orchestrator that was stopped, or by its launcher
+        after it died) sees it and does not start the agent (``shim.supervise``)."""
+        return self.log.with_name(self.log.name + ".fenced")
+
 
 # -- the spec: what the supervisor runs ---------------------------------------------------
 class Spec(msgspec.Struct, frozen=True, kw_only=True):
