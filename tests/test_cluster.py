@@ -15,6 +15,7 @@ directory and the ledger. Checked every time, at the store and in the ledger:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -332,6 +333,10 @@ def test_readyz_and_the_cluster_api_say_who_leads_and_how_far_the_standby_is(
             assert lease["live"] and f":{a.process.pid}:" in lease["holder"]
             roles = {i["pid"]: i["role"] for i in cluster["instances"]}
             assert roles[a.process.pid] == "leader" and roles[b.process.pid] == "standby"
+            status = json.loads(tc("status", "--json", home=homes[1]).stdout)
+            assert (
+                status["orchestrator_running"] and status["leader"]["instance"] == lease["holder"]
+            )
             page = b.get("/health")
             assert page.status_code == 200 and 'id="cluster"' in page.text
             assert 'id="cluster-role">standby' in page.text and lease["holder"] in page.text

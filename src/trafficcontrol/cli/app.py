@@ -458,10 +458,19 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         "peak_utilisation": sessions.peak_utilisation,
         "mean_utilisation": sessions.mean_utilisation,
     }
+    leader = None
+    if not app_.on_sqlite:  # who holds the lease: the leader of several instances
+        live = [lease for lease in app_.leases().leases() if lease.live]
+        leader = live[0] if live else None
+        data["leader"] = (
+            None if leader is None else {"instance": leader.holder, "epoch": leader.epoch}
+        )
     if as_json:
         emit_json(data)
         return
     running = "running" if data["orchestrator_running"] else "not running"
+    if leader is not None:
+        running += f" (leader {leader.holder}, epoch {leader.epoch}; tc cluster)"
     out.print(f"orchestrator: {running}   home: {app_.home.root}   events: {state.seq}")
     out.print(views.counts_text(state))
     if state.running:
