@@ -37,6 +37,14 @@ Design note. Same semantics as ``SqliteJournal`` (the conformance suite in
   transaction or server-side cursor open between them, so an abandoned iterator costs
   nothing and an append on the same connection may run between two chunks. Results
   come in binary, so bodies are not hex-encoded on the wire.
+- **Fencing.** With a fence (``ports.Fence``: shard, holder, epoch) the head's update
+  runs only if that lease is current and unexpired, its row locked ``FOR SHARE`` in the
+  same statement: an acquire at a newer epoch (``pg_leases``) waits for an append in
+  flight, and an append waits for an acquire in flight, so an append is either before
+  the takeover (and the new leader reads it) or refused with ``FencedError``, the
+  journal untouched. Without a fence an append is refused while any lease is live (a
+  CLI writes through its own short lease). Each append also NOTIFYs ``tc_events``, so
+  standbys fold at once.
 - **The inbox**: ``take_requests`` claims with ``UPDATE ... WHERE id IN (SELECT ... FOR
   UPDATE SKIP LOCKED)``: concurrent takers never claim a request twice and never wait
   for one another; when the inbox is empty it is one probe of a partial index. A post
