@@ -437,15 +437,18 @@ class App:
                 backends[remote.name] = remote
         return backends
 
-    def backends_here(self) -> dict[str, AgentBackend]:
-        """The backends that run agents on this machine."""
+    def backends_here(self, *, supervise: bool | None = None) -> dict[str, AgentBackend]:
+        """The backends that run agents on this machine (``supervise``: under
+        supervisors; default ``[run] supervise_agents``)."""
         grace = self.settings.run.grace_s
+        if supervise is None:
+            supervise = self.settings.run.supervise_agents
         backends: dict[str, AgentBackend] = {
             "sim": SimBackend(clock=self.clock, seed=self.settings.sim.seed),
             "command": CommandBackend(environ=self.environ, grace_s=grace),
         }
         backends["claude"] = _claude_backend(self)
-        if self.settings.run.supervise_agents:
+        if supervise:
             # One warm launcher forks every supervisor (adapters.agents.launcher).
             launcher = SupervisorLauncher() if self.settings.run.fork_supervisors else None
             for name in ("command", "claude"):
@@ -475,16 +478,8 @@ class App:
 
     def worker(self, *, host_id: str, checkouts: Mapping[str, Path], max_agents: int) -> Worker:
         """``tc worker``: this machine's agents for the attempts a leader queues."""
-        local = App(
-            self.home,
-            environ=self.environ,
-            settings=msgspec.structs.replace(
-                self.settings,
-                run=msgspec.structs.replace(self.settings.run, supervise_agents=False),
-            ),
-            clock=self.clock,
-        )
-        backends = local.backends_here()
+        # The agents are its own children: a worker that restarts kills what it left.
+        backends = self.backends_here(supervise=False)
         return Worker(
             queue=self.work_queue(),
             backends=backends,

@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from trafficcontrol.errors import StoreError
 from trafficcontrol.ports import Clock, Fence, InstanceBeat, LeaseGrant, Leases
@@ -46,6 +47,21 @@ def boottime() -> float:
 
 
 _BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def heartbeat(
+    instance: str, role: str, version: str, seq: int, details: dict[str, Any]
+) -> InstanceBeat:
+    """What this process says of itself in ``tc cluster`` (leader or standby)."""
+    return InstanceBeat(
+        instance=instance,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        role=role,
+        version=version,
+        seq=seq,
+        details=details,
+    )
 
 
 class Leadership:
@@ -144,15 +160,8 @@ class Leadership:
             log.debug("heartbeat_failed error=%r", exc.message)
 
     def beat(self, role: str) -> InstanceBeat:
-        return InstanceBeat(
-            instance=self.grant.holder,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            role=role,
-            version=self._version,
-            seq=self._seq(),
-            details={"shard": self.grant.shard, "epoch": self.epoch},
-        )
+        details = {"shard": self.grant.shard, "epoch": self.epoch}
+        return heartbeat(self.grant.holder, role, self._version, self._seq(), details)
 
     def _lose(self, why: str) -> None:
         if self.lost is not None:

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 from trafficcontrol.domain.decide import SchedulerConfig
 from trafficcontrol.domain.events import AnyEvent, AttemptDispatched
-from trafficcontrol.domain.model import StopReason
 from trafficcontrol.domain.requests import SubmitRequest
 from trafficcontrol.domain.state import State
 from trafficcontrol.ports import LeaseGrant
@@ -349,6 +348,3 @@ def simulate_cluster(
         request, config, seed=seed, faults=faults, options=options, cluster=cluster
     )
     return simulator.run(), simulator
-
-
-__all__ = ["ClusterOptions", "ClusterSimulator", "StopReason", "simulate_cluster"]

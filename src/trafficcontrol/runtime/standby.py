@@ -18,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from trafficcontrol.domain.state import State, apply
 from trafficcontrol.errors import StoreError
-from trafficcontrol.ports import AppendNotifier, Clock, InstanceBeat, Journal, LeaseGrant, Leases
+from trafficcontrol.ports import AppendNotifier, Clock, Journal, LeaseGrant, Leases
+from trafficcontrol.runtime.leadership import heartbeat
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -139,15 +138,8 @@ class Standby:
             if info.shard == self.shard:
                 self.leader = info.holder if info.live else None
                 self.leader_epoch = info.epoch
-        beat = InstanceBeat(
-            instance=self.holder,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            role="standby",
-            version=self._version,
-            seq=self.state.seq,
-            details={"shard": self.shard, "lag_events": self.lag_events, "leader": self.leader},
-        )
+        details = {"shard": self.shard, "lag_events": self.lag_events, "leader": self.leader}
+        beat = heartbeat(self.holder, "standby", self._version, self.state.seq, details)
         await self._try(self._leases.beat, beat)
 
     async def _try(self, fn: Callable[..., T], *args: object) -> T | None:

@@ -38,6 +38,7 @@ from trafficcontrol.ports import InstanceBeat, InstanceInfo, LeaseGrant, LeaseIn
 
 T = TypeVar("T")
 LEASES_CHANNEL = "tc_leases"
+"""NOTIFY'd when a lease is released (a standby takes over at once: a handoff)."""
 FORGET_AFTER_S = 86_400.0
 """Heartbeats older than this are removed (an instance that vanished a day ago)."""
 

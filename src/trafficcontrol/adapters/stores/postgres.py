@@ -68,6 +68,7 @@ from typing import TypeVar
 from psycopg.types.json import Jsonb
 
 from trafficcontrol.adapters.stores.codec import decode, encode
+from trafficcontrol.adapters.stores.pg_leases import LEASES_CHANNEL
 from trafficcontrol.adapters.stores.pg_schema import (
     Connection,
     apply_migrations,
@@ -92,8 +93,6 @@ REQUESTS_CHANNEL = "tc_requests"
 """NOTIFY'd with a request's id when it is posted (the leader takes it at once)."""
 EVENTS_CHANNEL = "tc_events"
 """NOTIFY'd by every append (standbys fold at once)."""
-LEASES_CHANNEL = "tc_leases"
-"""NOTIFY'd when a lease is released (a standby takes over at once: a handoff)."""
 
 T = TypeVar("T")
 Row = tuple[float, str, bytes]
