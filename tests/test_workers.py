@@ -268,13 +268,18 @@ def test_agents_on_two_workers_never_overshoot_the_capacity_window(
     ]
     try:
         deadline = time.monotonic() + WAIT_S
-        while True:  # until what fits has run and the rest waits for the window
+        seen = None
+        while True:  # until what fits has run and the rest waits for the window: settled
             status = json.loads(tc("status", "--json", home=homes["leader"], env=env).stdout)
             counts = status["by_state"]
-            if counts["done"] and counts["waiting"] and not counts["running"] + counts["ready"]:
+            idle = counts["done"] and counts["waiting"] and not counts["running"] + counts["ready"]
+            # Idle twice with no event between: not the moment between an end and the
+            # next dispatch.
+            if idle and seen == status["events"]:
                 break
+            seen = status["events"] if idle else None
             assert time.monotonic() < deadline, counts
-            time.sleep(0.1)  # other processes' state: nothing to await
+            time.sleep(0.5)  # other processes' state: nothing to await
         capacity = json.loads(tc("capacity", "--json", home=homes["leader"], env=env).stdout)
     finally:
         for proc in procs:
